@@ -1,0 +1,67 @@
+"""TIES-merging (Yadav et al., NeurIPS 2023): trim, elect sign, disjoint merge.
+
+1. Trim: keep the ``density`` share of each task vector's entries largest in magnitude.
+2. Elect: per entry, ``gamma = sign(sum_t trimmed_t)`` (the sign carrying more total mass).
+3. Disjoint mean over the tasks whose trimmed entry is non-zero and has sign ``gamma``.
+4. ``theta = theta_base + lam * merged``.
+
+Trimming is per tensor (as in mergekit), so ``density`` can differ by layer; the paper trims
+the whole flattened task vector at once.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated
+
+import torch
+from pydantic import Field
+
+from evomerge.core.merge.base import MergeMethod, MergeParams, PerLayer, layer_value, register_method
+
+Density = Annotated[float, Field(gt=0.0, le=1.0)]
+
+
+def trim_by_magnitude(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """``delta`` with all but its ``ceil(density * numel)`` largest-magnitude entries set to 0."""
+    n = delta.numel()
+    k = min(n, max(1, math.ceil(round(density * n, 6))))
+    if k == n:
+        return delta.clone()
+    flat = delta.flatten()
+    keep = torch.zeros_like(flat, dtype=torch.bool)
+    keep[flat.abs().topk(k).indices] = True
+    return (flat * keep).reshape(delta.shape)
+
+
+def elect_sign(stack: torch.Tensor) -> torch.Tensor:
+    """Per-entry sign of the summed mass of the tasks (first axis of ``stack``)."""
+    return torch.sign(stack.sum(dim=0))
+
+
+def disjoint_mean(stack: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+    """Mean over tasks of the non-zero entries that agree with ``sign`` (0 where none do)."""
+    agree = (torch.sign(stack) == sign) & (stack != 0)
+    return (stack * agree).sum(dim=0) / agree.sum(dim=0).clamp(min=1)
+
+
+def ties_combine(deltas: list[torch.Tensor]) -> torch.Tensor:
+    """Steps 2–3 on already trimmed (or dropped) updates."""
+    stack = torch.stack(deltas)
+    return disjoint_mean(stack, elect_sign(stack))
+
+
+class TiesParams(MergeParams):
+    density: PerLayer[Density] = 0.2
+    lam: PerLayer[float] = 1.0
+
+
+@register_method
+class Ties(MergeMethod):
+    name = "ties"
+    Params = TiesParams
+
+    def combine_key(self, key: str, deltas: list[torch.Tensor], params: TiesParams) -> torch.Tensor:
+        density = layer_value(params.density, key, "ties.density")
+        lam = layer_value(params.lam, key, "ties.lam")
+        return lam * ties_combine([trim_by_magnitude(d, density) for d in deltas])
