@@ -1,0 +1,34 @@
+"""What every calibration backend takes and returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from evomerge.fitness.irt.model import ItemParams
+
+
+@dataclass(frozen=True)
+class FitBounds:
+    """Box constraints on item parameters and the ability grid, explicit so no estimate runs off.
+
+    Items every respondent answers the same way have no finite maximum-likelihood difficulty;
+    the bounds (and the priors of the ``mml`` backend) keep them finite and flagged instead.
+    """
+
+    a: tuple[float, float] = (0.2, 5.0)
+    b: tuple[float, float] = (-6.0, 6.0)
+    theta: tuple[float, float] = (-6.0, 6.0)
+
+
+@dataclass(frozen=True)
+class IRTFit:
+    """Fitted items and the respondents' abilities (EAP mean and posterior sd on the backend's grid)."""
+
+    params: ItemParams
+    theta: np.ndarray
+    theta_se: np.ndarray
+    n_iter: int
+    converged: bool
+    backend: str
