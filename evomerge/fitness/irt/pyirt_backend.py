@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import warnings
 from collections.abc import Iterator
 from types import ModuleType, SimpleNamespace
 from unittest import mock
@@ -86,10 +87,12 @@ _SERIAL_MP = SimpleNamespace(
 
 @contextlib.contextmanager
 def _contained(model: ModuleType) -> Iterator[None]:
-    """pyirt's steps in-process, its progress bars off, numpy overflow raising as it expects."""
+    """pyirt's steps in-process, its progress bars and scipy deprecation warnings off, numpy
+    overflow raising as its optimizer expects."""
     quiet_tqdm = functools.partial(model.tqdm, disable=True)
     with mock.patch.object(model, "mp", _SERIAL_MP), mock.patch.object(model, "tqdm", quiet_tqdm), \
-            np.errstate(over="raise"):
+            np.errstate(over="raise"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
         yield
 
 

@@ -1,0 +1,165 @@
+"""Estimators (known answers, coverage of the truth), anchor selection, adaptive evaluation."""
+
+import numpy as np
+import pytest
+
+from evomerge.errors import UserError
+from evomerge.fitness.adaptive import adaptive_evaluate, most_informative, recalibrate
+from evomerge.fitness.anchors import ANCHORS
+from evomerge.fitness.estimators import ESTIMATORS, recipe_prior
+from evomerge.fitness.irt.model import ItemParams, to_catsim
+from evomerge.fitness.irt.simulate import simulate_2pl
+
+
+@pytest.fixture(scope="module")
+def population():
+    """300 candidates fully answering a 2,000-item bank with known parameters."""
+    return simulate_2pl(300, 2000, seed=5)
+
+
+def test_mean_known_values():
+    p = ItemParams(np.ones(10), np.zeros(10))
+    est = ESTIMATORS.get("mean")(p, np.array([0, 1, 2, 3]), np.array([1, 1, 0, 1]))
+    assert est.value == 0.75 and est.n_items == 4
+    np.testing.assert_allclose(est.stderr, np.sqrt(0.75 * 0.25 / 4 * (1 - 4 / 10)))
+    weighted = ESTIMATORS.get("mean")(p, np.array([0, 1]), np.array([1, 0]), weights=np.array([3.0, 1.0]))
+    assert weighted.value == 0.75
+    np.testing.assert_allclose(weighted.stderr, np.sqrt(0.75 * 0.25 / (1 / (0.75**2 + 0.25**2)) * 0.8))
+
+
+@pytest.mark.parametrize("name", ["irt", "pirt", "gpirt"])
+def test_irt_stderr_covers_truth_at_nominal_rate(population, name):
+    y, params, _ = population
+    truth = y.mean(axis=1)
+    hits, widths = [], []
+    for j in range(len(y)):
+        anchors = ANCHORS.get("random")(params, 50, seed=j)
+        est = ESTIMATORS.get(name)(params, anchors.items, y[j, anchors.items], weights=anchors.weights,
+                                   pirt_mae=0.02)
+        hits.append(abs(est.value - truth[j]) <= 1.96 * est.stderr)
+        widths.append(est.stderr)
+    # 95% intervals: the binomial sd of the hit rate over 300 candidates is about 1.3 points.
+    assert 0.91 <= np.mean(hits) <= 0.985
+    assert 0.02 < np.mean(widths) < 0.1
+
+
+def test_pirt_with_every_item_is_the_exact_accuracy(population):
+    y, params, _ = population
+    everything = np.arange(len(params))
+    est = ESTIMATORS.get("pirt")(params, everything, y[0])
+    np.testing.assert_allclose(est.value, y[0].mean())
+    assert est.stderr == 0.0
+
+
+def test_irt_beats_the_subset_mean_with_few_items(population):
+    y, params, _ = population
+    truth = y.mean(axis=1)
+    err = {name: [] for name in ("mean", "pirt")}
+    for j in range(100):
+        anchors = ANCHORS.get("random")(params, 25, seed=1000 + j)
+        for name in err:
+            err[name].append(abs(ESTIMATORS.get(name)(params, anchors.items, y[j, anchors.items]).value - truth[j]))
+    assert np.mean(err["pirt"]) < np.mean(err["mean"])
+
+
+def test_mpirt_prior_from_recipe_helps_when_it_is_right():
+    y, params, theta = simulate_2pl(120, 1000, seed=7)
+    truth = y.mean(axis=1)
+    rng = np.random.default_rng(0)
+    err = {"pirt": [], "mpirt": []}
+    for j in range(len(y)):
+        # Two sources around the candidate's ability; the recipe mixes them 30/70.
+        sources = [theta[j] - 0.7 + rng.normal(0, 0.1), theta[j] + 0.3 + rng.normal(0, 0.1)]
+        prior = recipe_prior(sources, [0.3, 0.7], sd=0.3)
+        items = np.random.default_rng(j).choice(len(params), 10, replace=False)
+        err["pirt"].append(abs(ESTIMATORS.get("pirt")(params, items, y[j, items]).value - truth[j]))
+        err["mpirt"].append(abs(ESTIMATORS.get("mpirt")(params, items, y[j, items], prior=prior).value - truth[j]))
+    assert np.mean(err["mpirt"]) < 0.8 * np.mean(err["pirt"])
+    np.testing.assert_allclose(recipe_prior([0.0, 1.0], [1.0, 3.0]).mean, 0.75)
+
+
+def test_estimators_demand_what_they_need(population):
+    _, params, _ = population
+    with pytest.raises(UserError, match="recipe prior"):
+        ESTIMATORS.get("mpirt")(params, np.array([0]), np.array([1.0]))
+    with pytest.raises(UserError, match="heldout_mae"):
+        ESTIMATORS.get("gpirt")(params, np.array([0]), np.array([1.0]))
+    with pytest.raises(UserError, match="coefficient"):
+        recipe_prior([0.0, 1.0], [1.0])
+
+
+def test_anchor_selectors():
+    rng = np.random.default_rng(0)
+    # Three tight clusters of items in (a, b) with 100, 200 and 700 members.
+    centres = [(0.5, -2.0), (1.0, 0.0), (2.0, 2.0)]
+    sizes = [100, 200, 700]
+    a = np.concatenate([rng.normal(c[0], 0.01, n) for c, n in zip(centres, sizes)])
+    b = np.concatenate([rng.normal(c[1], 0.01, n) for c, n in zip(centres, sizes)])
+    params = ItemParams(a, b)
+
+    km = ANCHORS.get("kmeans")(params, 3, seed=0)
+    order = np.argsort(params.b[km.items])
+    np.testing.assert_allclose(km.weights[order], [0.1, 0.2, 0.7])
+    np.testing.assert_allclose(params.b[km.items][order], [-2, 0, 2], atol=0.05)
+
+    st = ANCHORS.get("stratified")(params, 10, seed=0)
+    np.testing.assert_allclose(st.weights, 0.1)
+    deciles = np.quantile(params.b, np.linspace(0, 1, 11))
+    assert np.all((params.b[st.items] >= deciles[:-1] - 1e-9) & (params.b[st.items] <= deciles[1:] + 1e-9))
+
+    rnd = ANCHORS.get("random")(params, 50, seed=3)
+    assert len(np.unique(rnd.items)) == 50 and np.isclose(rnd.weights.sum(), 1)
+
+    equal_a = ItemParams(np.ones(7), np.array([-3.0, -1.0, 0.2, 0.9, 1.1, 2.0, 4.0]))
+    fi = ANCHORS.get("fisher")(equal_a, 3, theta=1.0)
+    assert set(fi.items) == {2, 3, 4}  # the difficulties nearest θ = 1
+    with pytest.raises(UserError, match="items"):
+        ANCHORS.get("random")(equal_a, 8)
+
+
+def test_max_information_choice_matches_catsim():
+    from catsim.item_bank import ItemBank
+    from catsim.selection import MaxInfoSelector
+
+    _, params, _ = simulate_2pl(1, 300, seed=9)
+    answered = np.arange(0, 300, 3)
+    for theta in (-1.5, 0.0, 0.8):
+        ours = most_informative(params, theta, answered, 5)
+        theirs = MaxInfoSelector().select(item_bank=ItemBank(to_catsim(params)),
+                                          administered_items=list(answered), est_theta=theta)
+        assert ours[0] == theirs
+        assert not set(ours) & set(answered)
+
+
+def test_adaptive_stops_early_when_far_and_goes_on_when_close(population):
+    y, params, _ = population
+    truth = y.mean(axis=1)
+    j = int(np.argsort(truth)[150])  # a median candidate
+    anchors = ANCHORS.get("random")(params, 30, seed=0).items
+    calls = []
+
+    def answer(items):
+        calls.append(len(items))
+        return y[j, items]
+
+    far = adaptive_evaluate(answer, params, anchors, threshold=truth[j] + 0.3)
+    assert far.estimate.n_items == 30 and calls == [30]
+    close = adaptive_evaluate(answer, params, anchors, threshold=truth[j] + 0.01, batch=20)
+    assert close.estimate.n_items > 100
+    assert abs(close.estimate.value - truth[j]) < far.estimate.stderr
+    # On a tie it runs to the cap; with the whole bank the estimate is exact.
+    full = adaptive_evaluate(lambda i: y[j, i], params, anchors, threshold=truth[j], batch=500)
+    assert full.estimate.n_items == len(params)
+    np.testing.assert_allclose(full.estimate.value, truth[j])
+    assert len(np.unique(full.items)) == len(params)
+    with pytest.raises(UserError, match="IRT estimator"):
+        adaptive_evaluate(answer, params, anchors, threshold=0.5, estimator="mean")
+
+
+def test_recalibrate_adds_rows():
+    y, truth, _ = simulate_2pl(200, 80, seed=11)
+    cal = recalibrate(y[:150], y[150:], holdout=0.0)
+    assert cal.diagnostics["n_candidates"] == 200
+    assert np.corrcoef(cal.fit.params.b, truth.b)[0, 1] > 0.9
+    with pytest.raises(ValueError, match="80 items"):
+        recalibrate(y, y[:, :10])
