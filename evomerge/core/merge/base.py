@@ -72,8 +72,13 @@ class MergeMethod(ABC):
         params: Mapping[str, Any] | MergeParams | None = None,
         keys: KeyFilter | None = None,
     ) -> StateDict:
+        return self.merge_task_vectors(base, task_vectors(base, finetuned, keys), params)
+
+    def merge_task_vectors(
+        self, base: StateDict, taus: list[StateDict], params: Mapping[str, Any] | MergeParams | None = None
+    ) -> StateDict:
+        """``base`` plus the combined update of the task vectors ``taus`` (all with the same keys)."""
         p = self.parse(params)
-        taus = task_vectors(base, finetuned, keys)
         return add_update(base, {k: self.combine_key(k, [t[k] for t in taus], p) for k in taus[0]})
 
     @abstractmethod

@@ -1,0 +1,137 @@
+"""Routing between paths and between task subspaces.
+
+* :class:`TaskMix` — task-conditioned routing coefficients (seed 001, Algorithm 4 step 5):
+  ``a^t = alpha_t * f(a_l) + (1 - alpha_t) * a_l'`` mixes a stitched path ``f(a_l)`` with the
+  native activation ``a_l'``, one ``alpha_t`` in [0, 1] per task.
+* :class:`MASS` — input-adaptive routing over task subspaces (Crisostomi et al., "MASS:
+  MoErging through Adaptive Subspace Selection", 2025). Each task's update of a routing layer
+  ``W`` (a Linear layer) is factored ``Delta_t = U_t S_t V_t^T``; the input ``z`` of that layer
+  (first pass, through the TSV-merge of all tasks) is scored per task by its relative projection
+  residual ``r_t = ||z - V_t V_t^T z|| / ||z||`` onto the top ``route_rank`` right singular
+  vectors (the input directions the task changed). Task probabilities are
+  ``softmax(-r / temperature)``; the ``top_k`` most probable tasks, or all above ``threshold``,
+  are selected. A second pass runs the TSV-merge of only the selected tasks (cached per task
+  combination) and mixes the selected tasks' heads' logits by their renormalized probabilities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from evomerge.core.merge import MERGE_METHODS, StateDict, is_trunk_key, task_vectors
+from evomerge.core.merge.tsv import low_rank
+from evomerge.errors import UserError
+
+
+class TaskMix(nn.Module):
+    """``alpha_t * stitched + (1 - alpha_t) * native`` with one learnable ``alpha_t`` per task.
+
+    ``alpha`` is kept in [0, 1] by clamping (so 0 and 1, the pure paths, are reachable)."""
+
+    def __init__(self, alphas: Sequence[float]):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.as_tensor(list(alphas), dtype=torch.float32))
+
+    def forward(self, stitched: torch.Tensor, native: torch.Tensor, task: int | torch.Tensor) -> torch.Tensor:
+        """``task``: one task index for the batch, or one per sample (LongTensor of shape ``(B,)``)."""
+        a = self.alpha.clamp(0.0, 1.0)[torch.as_tensor(task)]
+        if a.ndim == 1:
+            a = a.reshape(-1, *([1] * (native.ndim - 1)))
+        return a * stitched + (1 - a) * native
+
+
+class MASS(nn.Module):
+    """A task-agnostic merged model: route each input to task subspaces, merge those with TSV.
+
+    ``module`` gives the architecture (its own weights are not used); ``base`` is the pretrained
+    state; ``taus[t]`` the trunk task vectors; ``heads[t]`` the head entries of task ``t``
+    (any keys ``taus`` lacks, e.g. ``layers.head.*``). ``layer`` names the Linear sub-module whose
+    input is routed. ``rank``/``alpha`` are TSV-M's parameters for the second pass.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        base: StateDict,
+        taus: list[StateDict],
+        heads: list[StateDict],
+        layer: str,
+        route_rank: int = 4,
+        rank: int | None = None,
+        alpha: float = 1.0,
+        top_k: int = 1,
+        threshold: float | None = None,
+        temperature: float = 0.05,
+    ):
+        super().__init__()
+        target = dict(module.named_modules()).get(layer)
+        if not isinstance(target, nn.Linear):
+            linears = [n for n, m in module.named_modules() if isinstance(m, nn.Linear)]
+            raise UserError(f"MASS routing layer '{layer}' is not a Linear sub-module; Linear layers: {', '.join(linears)}")
+        if len(taus) != len(heads) or not taus:
+            raise UserError(f"MASS needs one head per task, got {len(taus)} task vectors and {len(heads)} heads")
+        if not 1 <= top_k <= len(taus):
+            raise UserError(f"MASS top_k must be in 1..{len(taus)}, got {top_k}")
+        self.module, self.base, self.taus, self.heads = module, base, taus, heads
+        self.layer, self.target = layer, target
+        self.tsv_params = {"alpha": alpha, "rank": rank}
+        self.top_k, self.threshold, self.temperature = top_k, threshold, temperature
+        key = layer + ".weight"
+        self.register_buffer("subspaces", torch.stack([low_rank(t[key], route_rank).Vh for t in taus]), persistent=False)
+        self.cache: dict[tuple[int, ...], StateDict] = {}
+
+    @classmethod
+    def from_finetuned(cls, module: nn.Module, base: StateDict, finetuned: list[StateDict], layer: str, **kwargs: Any) -> MASS:
+        """Build from fine-tuned state dicts of the shared-base family (trunk = not ``layers.head.*``)."""
+        taus = task_vectors(base, finetuned, is_trunk_key)
+        heads = [{k: v for k, v in sd.items() if k not in taus[0]} for sd in finetuned]
+        return cls(module, base, taus, heads, layer, **kwargs)
+
+    def merged(self, tasks: tuple[int, ...]) -> StateDict:
+        """The TSV-merge of ``tasks`` (cached)."""
+        if tasks not in self.cache:
+            tsv = MERGE_METHODS.get("tsv")
+            self.cache[tasks] = tsv.merge_task_vectors(self.base, [self.taus[t] for t in tasks], self.tsv_params)
+        return self.cache[tasks]
+
+    def residuals(self, z: torch.Tensor) -> torch.Tensor:
+        """``(B, T)`` relative residuals of the routing-layer inputs ``z`` (``(B, ..., d)``, tokens averaged)."""
+        z = z.reshape(z.shape[0], -1, z.shape[-1]).mean(dim=1).float()
+        proj = torch.einsum("bd,trd,tre->bte", z, self.subspaces, self.subspaces)
+        return (z[:, None] - proj).norm(dim=-1) / z.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """First pass: task probabilities ``(B, T)`` and the boolean selection ``(B, T)``."""
+        seen: list[torch.Tensor] = []
+        hook = self.target.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+        try:
+            with torch.no_grad():
+                functional_call(self.module, {**self.merged(tuple(range(len(self.taus)))), **self.heads[0]}, (x,))
+        finally:
+            hook.remove()
+        probs = torch.softmax(-self.residuals(seen[0]) / self.temperature, dim=1)
+        selected = torch.zeros_like(probs, dtype=torch.bool)
+        selected.scatter_(1, probs.topk(self.top_k, dim=1).indices, True)
+        if self.threshold is not None:
+            selected = (probs >= self.threshold) | (probs == probs.max(dim=1, keepdim=True).values)
+        return probs, selected
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs, selected = self.route(x)
+        out: torch.Tensor | None = None
+        for combo in torch.unique(selected, dim=0):
+            rows = (selected == combo).all(dim=1)
+            tasks = tuple(combo.nonzero().flatten().tolist())
+            trunk = self.merged(tasks)
+            w = probs[rows][:, list(tasks)]
+            w = w / w.sum(dim=1, keepdim=True)
+            logits = sum(w[:, i : i + 1] * functional_call(self.module, {**trunk, **self.heads[t]}, (x[rows],)) for i, t in enumerate(tasks))
+            if out is None:
+                out = logits.new_empty(len(x), logits.shape[1])
+            out[rows] = logits
+        return out if out is not None else x.new_empty(0, 0)
