@@ -1,0 +1,1 @@
+"""Source models: built-in architectures, adapters for any model, the trained built-in zoo."""
