@@ -1,0 +1,197 @@
+"""The search driver: engine asks, pool evaluates, results are logged, engine is told.
+
+Order per finished candidate: append its line to ``evaluations.jsonl`` (flushed), its
+answers to ``responses.jsonl``, tell the engine, checkpoint the engine. An engine
+checkpoints after each ask too, so every logged id was asked in the last checkpoint.
+Resuming therefore replays logged results the engine has not learned and re-submits
+the candidates asked but never logged (in flight at the kill): no finished
+evaluation is repeated or lost.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+from evomerge.distributed.pool import EvalResult, Pool
+from evomerge.fitness.responses import ResponseLog
+from evomerge.search.engines import ENGINES, Candidate, Engine
+from evomerge.search.pareto import best_index, pareto_front
+from evomerge.search.progress import SearchProgress
+from evomerge.search.run_folder import RunFolder
+from evomerge.search.space import SearchSpace, decode, dump_space
+
+FinalEval = Callable[[dict], dict]
+
+
+class SearchRunner:
+    """One run of a space in a run folder (new or resumed)."""
+
+    def __init__(self, space: SearchSpace, pool: Pool, run_dir: str | Path, *, resume: bool = False,
+                 final_eval: FinalEval | None = None,
+                 item_ids: Mapping[tuple[str, str], Sequence[str]] | None = None,
+                 progress: bool = True):
+        self.space, self.pool, self.final_eval = space, pool, final_eval
+        self.folder = RunFolder(run_dir)
+        if resume:
+            self.folder.require_existing()
+        else:
+            self.folder.create(dump_space(space))
+        self.records = self.folder.read_evaluations()
+        self.engine: Engine = ENGINES.get(space.engine.name)(space, state_dir=self.folder.path)
+        self.responses = ResponseLog(self.folder.path)
+        for (task, split), ids in (item_ids or {}).items():
+            self.responses.register_items(task, split, ids)
+        self.show_progress = progress
+        self.in_flight: dict[str, tuple[Candidate, dict]] = {}
+        self._elapsed_before = self.records[-1]["elapsed_s"] if self.records else 0.0
+        self._start = time.perf_counter()
+
+    # ---- bookkeeping -------------------------------------------------------------
+
+    def elapsed_s(self) -> float:
+        """Run wall time over every session (up to the last logged result of earlier ones)."""
+        return self._elapsed_before + time.perf_counter() - self._start
+
+    def values(self, record: dict[str, Any]) -> list[float] | None:
+        if record["status"] != "ok":
+            return None
+        return [record["objectives"][o.name] for o in self.space.objectives]
+
+    def _catch_up(self) -> list[Candidate]:
+        """Tell the engine logged results it missed; return in-flight candidates to re-submit."""
+        told = self.engine.told()
+        for rec in self.records:
+            if rec["id"] not in told:
+                self.engine.tell(rec["id"], self.values(rec))
+        self.engine.checkpoint()
+        logged = {rec["id"] for rec in self.records}
+        return [c for c in self.engine.pending() if c.id not in logged]
+
+    def _record(self, cand: Candidate, recipe: dict, result: EvalResult) -> dict[str, Any]:
+        status, error, objectives = result.status, result.error, {}
+        if status == "ok":
+            try:
+                values = self.space.objective_values(result.objectives)
+                objectives = {o.name: v for o, v in zip(self.space.objectives, values)}
+                violations = self.space.constraints.violations(result.objectives)
+                if violations:
+                    status, error = "failed", "infeasible: " + "; ".join(violations)
+            except KeyError as exc:
+                status, error = "failed", str(exc.args[0])
+        record = {
+            "id": cand.id, "status": status, "genome": cand.genome, "recipe": recipe,
+            "objectives": objectives, "metrics": result.objectives, "wall_s": result.wall_s,
+            "items": sum(len(r.items) for r in result.responses), "elapsed_s": self.elapsed_s(),
+        }
+        if error is not None:
+            record["error"] = error
+        return record
+
+    def _finish(self, result: EvalResult, progress: SearchProgress | None) -> None:
+        cand, recipe = self.in_flight.pop(result.id)
+        record = self._record(cand, recipe, result)
+        self.folder.append(record)
+        for r in result.responses:
+            self.responses.append(cand.id, r.task, r.split, r.items, r.correct)
+        self.records.append(record)
+        values = self.values(record)
+        self.engine.tell(cand.id, values)
+        self.engine.checkpoint()
+        if progress is not None:
+            progress.update(cand.id, record["status"], values[0] if values else None)
+
+    def _budget_left(self) -> bool:
+        time_s = self.space.budget.time_s
+        if time_s is not None and self.elapsed_s() >= time_s:
+            return False
+        return len(self.records) + len(self.in_flight) < self.space.budget.evaluations
+
+    def _fill(self, resubmit: list[Candidate]) -> None:
+        while len(self.in_flight) < self.pool.capacity and self._budget_left():
+            cand = resubmit.pop(0) if resubmit else self.engine.ask()
+            if cand is None:  # a generational engine waits for its batch
+                return
+            self.engine.checkpoint()
+            recipe = decode(self.space, cand.genome)
+            self.in_flight[cand.id] = (cand, recipe)
+            self.pool.submit(cand.id, recipe)
+
+    # ---- the loop ----------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        """Search until the budget is spent; return (and write) the summary."""
+        resubmit = self._catch_up()
+        try:
+            with self._progress() if self.show_progress else nullcontext() as progress:
+                while True:
+                    self._fill(resubmit)
+                    if not self.in_flight:
+                        break
+                    for result in self.pool.results():
+                        self._finish(result, progress)
+                        self._fill(resubmit)
+        except KeyboardInterrupt:
+            self.folder.write_summary(self.summary(final=False))
+            raise
+        finally:
+            self.responses.close()
+        summary = self.summary(final=True)
+        self.folder.write_summary(summary)
+        return summary
+
+    def _progress(self) -> SearchProgress:
+        primary = self.space.objectives[0]
+        values = [v[0] for v in map(self.values, self.records) if v]
+        return SearchProgress(self.space.budget.evaluations, len(self.records), objective=primary.name,
+                              direction=primary.direction, values=values,
+                              failures=sum(r["status"] != "ok" for r in self.records))
+
+    # ---- the summary -------------------------------------------------------------
+
+    def summary(self, final: bool = True) -> dict[str, Any]:
+        """``summary.json``: best, Pareto front (re-evaluated on test when final), counts, wall time."""
+        ok = [r for r in self.records if r["status"] == "ok"]
+        values = [self.values(r) for r in ok]
+        directions = self.space.directions
+        best = best_index(values, directions)
+        front = pareto_front(values, directions) if len(directions) > 1 else ([best] if best is not None else [])
+        tested: dict[str, dict[str, Any]] = {}
+        for i in ([best] if best is not None else []) + front:
+            if ok[i]["id"] not in tested:
+                tested[ok[i]["id"]] = self._entry(ok[i], final)
+        primary = [v[0] for v in values]
+        return {
+            "space": self.space.name,
+            "engine": self.space.engine.name,
+            "seed": self.space.seed,
+            "complete": final,
+            "best": tested[ok[best]["id"]] if best is not None else None,
+            "pareto": [tested[ok[i]["id"]] for i in front],
+            "evaluations": len(self.records),
+            "failed": len(self.records) - len(ok),
+            "item_evaluations": sum(r.get("items", 0) for r in self.records),
+            "median": statistics.median(primary) if primary else None,
+            "wall_s": self.elapsed_s(),
+        }
+
+    def _entry(self, record: dict[str, Any], final: bool) -> dict[str, Any]:
+        entry = {k: record[k] for k in ("id", "recipe", "genome", "objectives")}
+        entry["full_test_accuracy"] = None
+        if final and self.final_eval is not None:
+            try:
+                test = self.final_eval(record["recipe"])
+                entry["test_metrics"] = test
+                entry["full_test_accuracy"] = test.get("accuracy/mean")
+            except Exception as exc:  # a failing re-evaluation is reported, not fatal
+                entry["test_error"] = f"{type(exc).__name__}: {exc}"
+        return entry
+
+
+def run_search(space: SearchSpace, pool: Pool, run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """Run (or with ``resume=True`` continue) a search; see :class:`SearchRunner`."""
+    return SearchRunner(space, pool, run_dir, **kwargs).run()

@@ -1,0 +1,430 @@
+"""The search space file: a pydantic schema, its loader and the genome decoder.
+
+A space names the models and tasks, a ``recipe`` template whose ``{gene: NAME}``
+mappings are filled from a genome, the genes (categorical, int, float; optionally
+conditional through ``when``), objectives, constraints, the engine, the budget, the
+fitness estimator and the resources. Every mistake becomes a :class:`ConfigError`
+naming the file, the field path (``genes[2].low``) and what was expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+
+from evomerge.errors import ConfigError
+
+Scalar = Union[StrictBool, StrictInt, StrictFloat, StrictStr, None]
+
+
+class FieldIssue(ValueError):
+    """Raised inside validators: ``field`` is the path below the validated model."""
+
+    def __init__(self, field: str, expected: str, got: object = None):
+        self.field, self.expected, self.got = field, expected, got
+        super().__init__(f"{field}: expected {expected}")
+
+
+class Strict(BaseModel):
+    """Base of every schema model: unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class _GeneBase(Strict):
+    name: Annotated[str, Field(min_length=1)]
+    when: dict[str, Union[Scalar, list[Scalar]]] | None = None
+
+
+class CategoricalGene(_GeneBase):
+    type: Literal["categorical"]
+    choices: Annotated[list[Scalar], Field(min_length=1)]
+
+    def allows(self, value: Any) -> bool:
+        """Whether ``value`` is one of the choices (for ``when`` conditions)."""
+        return any(value == c and type(value) is type(c) for c in self.choices)
+
+
+class _NumericGene(_GeneBase):
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _bounds(self) -> _NumericGene:
+        if self.low >= self.high:
+            raise FieldIssue("low", f"a value below high ({self.high})", self.low)
+        if self.log and self.low <= 0:
+            raise FieldIssue("low", "a value > 0 for a log-scale gene", self.low)
+        return self
+
+
+class IntGene(_NumericGene):
+    type: Literal["int"]
+    low: StrictInt
+    high: StrictInt
+    step: Annotated[StrictInt, Field(ge=1)] = 1
+
+    @model_validator(mode="after")
+    def _step(self) -> IntGene:
+        if self.log and self.step != 1:
+            raise FieldIssue("step", "1 for a log-scale int gene", self.step)
+        if (self.high - self.low) % self.step:
+            raise FieldIssue("high", f"low plus a multiple of step ({self.step})", self.high)
+        return self
+
+    def allows(self, value: Any) -> bool:
+        return (
+            isinstance(value, int)
+            and self.low <= value <= self.high
+            and (value - self.low) % self.step == 0
+        )
+
+
+class FloatGene(_NumericGene):
+    type: Literal["float"]
+    low: float
+    high: float
+
+
+Gene = Annotated[Union[CategoricalGene, IntGene, FloatGene], Field(discriminator="type")]
+GENE_TYPES = ("categorical", "int", "float")
+
+
+class ZooSettings(Strict):
+    seed: int = 0
+
+
+class TaskSpec(Strict):
+    name: Annotated[str, Field(min_length=1)]
+    dataset: str
+    condition: str = "all"
+    weight: Annotated[float, Field(gt=0)] = 1.0
+
+
+class Constraints(Strict):
+    max_added_params: Annotated[int, Field(ge=0)] | None = None
+    max_latency_ms: Annotated[float, Field(gt=0)] | None = None
+
+    def violations(self, metrics: Mapping[str, float]) -> list[str]:
+        """Human-readable constraint violations of one candidate's metrics."""
+        out = []
+        for limit, metric in ((self.max_added_params, "added_params"), (self.max_latency_ms, "latency_ms")):
+            if limit is not None and metric in metrics and metrics[metric] > limit:
+                out.append(f"{metric} {metrics[metric]:g} > max_{metric} {limit:g}")
+        return out
+
+
+class Objective(Strict):
+    name: Annotated[str, Field(min_length=1)]
+    metric: Literal["accuracy", "added_params", "latency_ms"]
+    direction: Literal["max", "min"]
+    task: str | None = None
+
+    @model_validator(mode="after")
+    def _task(self) -> Objective:
+        if self.metric == "accuracy" and self.task is None:
+            self.task = "mean"
+        elif self.metric != "accuracy" and self.task is not None:
+            raise FieldIssue("task", f"no task for metric '{self.metric}'", self.task)
+        return self
+
+    @property
+    def key(self) -> str:
+        """The evaluator's metric key: ``accuracy/<task name>``, ``accuracy/mean``, ``added_params``..."""
+        return f"accuracy/{self.task}" if self.metric == "accuracy" else self.metric
+
+
+class EngineSpec(Strict):
+    name: str = "optuna_tpe"
+    population: Annotated[int, Field(ge=2)] = 16
+    settings: dict[str, Any] = {}
+
+
+class Budget(Strict):
+    evaluations: Annotated[int, Field(ge=1)] = 100
+    time_s: Annotated[float, Field(gt=0)] | None = None
+
+
+class FitnessSettings(Strict):
+    """How candidates are scored: on every item (``full``) or estimated from an item bank.
+
+    ``estimator`` and ``anchors`` name entries of :mod:`evomerge.fitness`'s registries;
+    ``items`` anchor items per task; ``adaptive`` adds the most informative items in
+    batches of ``batch`` until the estimate's ``z``-interval clears the incumbent
+    (at most ``max_items``).
+    """
+
+    estimator: str = "full"
+    bank: str | None = None
+    items: Annotated[int, Field(ge=1)] | None = None
+    anchors: str = "random"
+    adaptive: bool = False
+    z: Annotated[float, Field(gt=0)] = 1.96
+    batch: Annotated[int, Field(ge=1)] = 10
+    max_items: Annotated[int, Field(ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _names(self) -> FitnessSettings:
+        from evomerge.fitness.anchors import ANCHORS
+        from evomerge.fitness.estimators import ESTIMATORS
+
+        if self.estimator != "full" and self.estimator not in ESTIMATORS:
+            raise FieldIssue("estimator", f"one of full, {', '.join(ESTIMATORS.names())}", self.estimator)
+        if self.anchors not in ANCHORS:
+            raise FieldIssue("anchors", f"one of {', '.join(ANCHORS.names())}", self.anchors)
+        if self.estimator != "full" and self.bank is None:
+            raise FieldIssue("bank", f"an item bank name for estimator '{self.estimator}'")
+        return self
+
+
+class Resources(Strict):
+    workers: Annotated[int, Field(ge=1)] = 1
+    gpus_per_worker: Annotated[float, Field(ge=0)] = 0
+    cpus_per_worker: Annotated[float, Field(gt=0)] = 1
+    timeout_s: Annotated[float, Field(gt=0)] | None = None
+    max_retries: Annotated[int, Field(ge=0)] = 1
+
+
+class SearchSpace(Strict):
+    name: Annotated[str, Field(min_length=1)]
+    seed: int = 0
+    zoo: ZooSettings = ZooSettings()
+    models: Annotated[list[str], Field(min_length=1)]
+    tasks: Annotated[list[TaskSpec], Field(min_length=1)]
+    recipe: dict[str, Any]
+    genes: Annotated[list[Gene], Field(min_length=1)]
+    constraints: Constraints = Constraints()
+    objectives: Annotated[list[Objective], Field(min_length=1)]
+    engine: EngineSpec = EngineSpec()
+    budget: Budget = Budget()
+    fitness: FitnessSettings = FitnessSettings()
+    resources: Resources = Resources()
+    _source: str = PrivateAttr(default="<space>")
+
+    @property
+    def source(self) -> str:
+        """The file this space was loaded from (for error messages)."""
+        return self._source
+
+    def gene(self, name: str) -> CategoricalGene | IntGene | FloatGene:
+        return next(g for g in self.genes if g.name == name)
+
+    @property
+    def directions(self) -> list[str]:
+        return [o.direction for o in self.objectives]
+
+    def objective_values(self, metrics: Mapping[str, float]) -> list[float]:
+        """The objectives' values from an evaluator's metrics; KeyError names a missing metric."""
+        missing = [o.key for o in self.objectives if o.key not in metrics]
+        if missing:
+            raise KeyError(f"evaluator reported no metric {', '.join(missing)}")
+        return [float(metrics[o.key]) for o in self.objectives]
+
+    @model_validator(mode="after")
+    def _cross_references(self, info: ValidationInfo) -> SearchSpace:
+        _unique("models", self.models)
+        _unique("tasks", [t.name for t in self.tasks], "name")
+        _unique("genes", [g.name for g in self.genes], "name")
+        _unique("objectives", [o.name for o in self.objectives], "name")
+        known = (info.context or {}).get("known_models")
+        if known is not None:
+            for i, m in enumerate(self.models):
+                if m not in known:
+                    raise FieldIssue(f"models[{i}]", f"a zoo model id (one of {', '.join(sorted(known))})", m)
+        tasks = {t.name for t in self.tasks}
+        for i, o in enumerate(self.objectives):
+            if o.task is not None and o.task != "mean" and o.task not in tasks:
+                raise FieldIssue(f"objectives[{i}].task", f"'mean' or a task name ({', '.join(sorted(tasks))})", o.task)
+        self._check_genes()
+        return self
+
+    def _check_genes(self) -> None:
+        earlier: dict[str, CategoricalGene | IntGene | FloatGene] = {}
+        used: set[str] = set()
+        for i, g in enumerate(self.genes):
+            for ref, val in (g.when or {}).items():
+                path = f"genes[{i}].when.{ref}"
+                other = earlier.get(ref)
+                if other is None:
+                    raise FieldIssue(path, f"a gene defined before '{g.name}' (one of: {', '.join(earlier) or 'none'})", ref)
+                if isinstance(other, FloatGene):
+                    raise FieldIssue(path, "a condition on a categorical or int gene, not a float gene", ref)
+                for v in val if isinstance(val, list) else [val]:
+                    if not other.allows(v):
+                        raise FieldIssue(path, f"a value gene '{ref}' can take", v)
+                used.add(ref)
+            earlier[g.name] = g
+        for path, ref in template_refs(self.recipe, "recipe"):
+            if ref not in earlier:
+                raise FieldIssue(path, f"a defined gene name (one of: {', '.join(earlier)})", ref)
+            used.add(ref)
+        for i, g in enumerate(self.genes):
+            if g.name not in used:
+                raise FieldIssue(f"genes[{i}].name", "a gene used in the recipe template or in a 'when' condition", g.name)
+
+
+def _unique(field: str, names: list[str], sub: str = "") -> None:
+    seen: set[str] = set()
+    for i, n in enumerate(names):
+        if n in seen:
+            raise FieldIssue(f"{field}[{i}]{'.' + sub if sub else ''}", "a unique name", n)
+        seen.add(n)
+
+
+def _is_ref(node: Any) -> bool:
+    return isinstance(node, dict) and list(node) == ["gene"]
+
+
+def template_refs(node: Any, path: str) -> Iterator[tuple[str, Any]]:
+    """Every ``{gene: NAME}`` in a template, with its field path."""
+    if _is_ref(node):
+        yield f"{path}.gene", node["gene"]
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            yield from template_refs(v, f"{path}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from template_refs(v, f"{path}[{i}]")
+
+
+def is_active(gene: CategoricalGene | IntGene | FloatGene, genome: Mapping[str, Any]) -> bool:
+    """Whether ``gene``'s ``when`` conditions hold; ``genome`` holds None for inactive genes."""
+    return all(
+        genome.get(ref) in (val if isinstance(val, list) else [val]) for ref, val in (gene.when or {}).items()
+    )
+
+
+def mask_inactive(space: SearchSpace, genome: Mapping[str, Any]) -> dict[str, Any]:
+    """Every gene's value, None for the inactive ones (gene order resolves chains of conditions)."""
+    out: dict[str, Any] = {}
+    for g in space.genes:
+        active = is_active(g, out)
+        out[g.name] = genome.get(g.name) if active else None
+        if active and out[g.name] is None:
+            raise ValueError(f"genome lacks a value for active gene '{g.name}'")
+    return out
+
+
+def decode(space: SearchSpace, genome: Mapping[str, Any]) -> dict:
+    """The recipe for ``genome``: template references replaced, inactive genes as null."""
+    values = mask_inactive(space, genome)
+
+    def fill(node: Any) -> Any:
+        if _is_ref(node):
+            return values[node["gene"]]
+        if isinstance(node, dict):
+            return {k: fill(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [fill(v) for v in node]
+        return node
+
+    return fill(space.recipe)
+
+
+# ---- loading and error conversion -------------------------------------------------
+
+
+def _loc_path(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    prev: Any = None
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif not (isinstance(prev, int) and item in GENE_TYPES):  # skip union tags
+            parts.append(f".{item}" if parts else str(item))
+        prev = item
+    return "".join(parts)
+
+
+def config_error(source: str, exc: ValidationError, prefix: str = "") -> ConfigError:
+    """The first error of a pydantic ValidationError as a ConfigError naming file and field."""
+    err = exc.errors()[0]
+    path = _loc_path(tuple(err["loc"]))
+    issue = (err.get("ctx") or {}).get("error")
+    if isinstance(issue, FieldIssue):
+        field = ".".join(p for p in (path, issue.field) if p).replace(".[", "[")
+        expected, got = issue.expected, issue.got
+    else:
+        field, got = path, err.get("input")
+        kind = err["type"]
+        if kind == "missing":
+            expected, got = "a value (the field is required)", None
+        elif kind == "extra_forbidden":
+            expected = "no such field (unknown key)"
+        elif kind == "union_tag_not_found":
+            field, expected, got = f"{path}.type", f"a gene type ({', '.join(GENE_TYPES)})", None
+        elif kind == "union_tag_invalid":
+            field, expected, got = f"{path}.type", f"a gene type ({', '.join(GENE_TYPES)})", err["ctx"]["tag"]
+        else:
+            expected = err["msg"].removeprefix("Input should be ").removeprefix("Value error, ")
+    field = ".".join(p for p in (prefix, field) if p) or "<root>"
+    more = len(exc.errors()) - 1
+    error = ConfigError(source, field, expected, got)
+    if more:
+        error.args = (f"{error.args[0]} (and {more} more error{'s' * (more > 1)})",)
+    return error
+
+
+def parse_space(data: Any, source: str = "<space>", known_models: set[str] | None = None) -> SearchSpace:
+    """Validate a loaded mapping as a SearchSpace, including its engine's settings."""
+    from evomerge.search.engines import ENGINES
+
+    try:
+        space = SearchSpace.model_validate(data, context={"known_models": known_models})
+    except ValidationError as exc:
+        raise config_error(source, exc) from None
+    space._source = source
+    if space.engine.name not in ENGINES:
+        raise ConfigError(source, "engine.name", f"one of {', '.join(ENGINES.names())}", space.engine.name)
+    ENGINES.get(space.engine.name).check(space)
+    return space
+
+
+def load_space(path: str | Path, known_models: set[str] | None = None) -> SearchSpace:
+    """Read and validate a search space YAML file; every problem is a ConfigError."""
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(source, "<file>", "a readable file", exc.strerror) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(source, "<yaml>", f"valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(source, "<root>", "a mapping of fields (name, models, genes, ...)", type(data).__name__)
+    return parse_space(data, source, known_models)
+
+
+def with_overrides(space: SearchSpace, **changes: Any) -> SearchSpace:
+    """A re-validated copy with dotted-path overrides, e.g. ``{"budget.evaluations": 50}``."""
+    data = space.model_dump(mode="json")
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split(".")
+        node = data
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return parse_space(data, space.source)
+
+
+def dump_space(space: SearchSpace) -> str:
+    """The space as YAML (what the run folder keeps as ``space.yaml``)."""
+    return yaml.safe_dump(space.model_dump(mode="json"), sort_keys=False)
