@@ -127,3 +127,13 @@ def test_mass_errors():
         MASS.from_finetuned(Net(), base, fts, layer="layers.fc1.0", top_k=3)
     with pytest.raises(UserError, match="one head per task"):
         MASS(Net(), base, task_vectors(base, fts), [{}], layer="layers.fc1.0")
+
+
+def test_mass_heads_of_different_widths_are_padded():
+    net, base, fts = family()
+    fts[1]["layers.head.weight"] = fts[1]["layers.head.weight"][:2]
+    fts[1]["layers.head.bias"] = fts[1]["layers.head.bias"][:2]
+    mass = MASS.from_finetuned(Net(), base, fts, layer="layers.fc1.0", route_rank=4, rank=8)
+    out = mass(torch.cat([task_inputs(0, 3), task_inputs(1, 4)]))
+    assert out.shape == (7, 3)
+    assert torch.isfinite(out[:3]).all() and torch.isinf(out[3:, 2]).all() and torch.isfinite(out[3:, :2]).all()

@@ -11,7 +11,9 @@
   vectors (the input directions the task changed). Task probabilities are
   ``softmax(-r / temperature)``; the ``top_k`` most probable tasks, or all above ``threshold``,
   are selected. A second pass runs the TSV-merge of only the selected tasks (cached per task
-  combination) and mixes the selected tasks' heads' logits by their renormalized probabilities.
+  combination) and mixes the selected tasks' heads' logits by their renormalized probabilities
+  (heads with fewer classes are padded with -inf, so a class is reachable when every selected
+  head has it).
 """
 
 from __future__ import annotations
@@ -123,15 +125,23 @@ class MASS(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probs, selected = self.route(x)
-        out: torch.Tensor | None = None
+        groups = []
         for combo in torch.unique(selected, dim=0):
             rows = (selected == combo).all(dim=1)
             tasks = tuple(combo.nonzero().flatten().tolist())
             trunk = self.merged(tasks)
             w = probs[rows][:, list(tasks)]
             w = w / w.sum(dim=1, keepdim=True)
-            logits = sum(w[:, i : i + 1] * functional_call(self.module, {**trunk, **self.heads[t]}, (x[rows],)) for i, t in enumerate(tasks))
-            if out is None:
-                out = logits.new_empty(len(x), logits.shape[1])
-            out[rows] = logits
-        return out if out is not None else x.new_empty(0, 0)
+            heads = [functional_call(self.module, {**trunk, **self.heads[t]}, (x[rows],)) for t in tasks]
+            width = max(h.shape[-1] for h in heads)
+            groups.append((rows, sum(w[:, i : i + 1] * pad_classes(h, width) for i, h in enumerate(heads))))
+        width = max((g.shape[-1] for _, g in groups), default=0)
+        out = x.new_empty(len(x), width)
+        for rows, logits in groups:
+            out[rows] = pad_classes(logits, width)
+        return out
+
+
+def pad_classes(logits: torch.Tensor, width: int) -> torch.Tensor:
+    """Logits of a head with fewer classes, padded with -inf up to ``width`` classes."""
+    return nn.functional.pad(logits, (0, width - logits.shape[-1]), value=float("-inf"))
