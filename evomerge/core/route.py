@@ -26,7 +26,7 @@ from torch import nn
 from torch.func import functional_call
 
 from evomerge.core.merge import MERGE_METHODS, StateDict, is_trunk_key, task_vectors
-from evomerge.core.merge.tsv import low_rank
+from evomerge.core.merge.tsv import default_rank, is_matrix, low_rank
 from evomerge.errors import UserError
 
 
@@ -53,7 +53,9 @@ class MASS(nn.Module):
     ``module`` gives the architecture (its own weights are not used); ``base`` is the pretrained
     state; ``taus[t]`` the trunk task vectors; ``heads[t]`` the head entries of task ``t``
     (any keys ``taus`` lacks, e.g. ``layers.head.*``). ``layer`` names the Linear sub-module whose
-    input is routed. ``rank``/``alpha`` are TSV-M's parameters for the second pass.
+    input is routed. ``rank``/``alpha`` are TSV-M's parameters for the second pass; the default
+    rank keeps ``min(m, n) // T`` components per task and matrix (``T`` = all tasks, as TSV-C
+    stores them), whichever tasks are selected.
     """
 
     def __init__(
@@ -64,7 +66,7 @@ class MASS(nn.Module):
         heads: list[StateDict],
         layer: str,
         route_rank: int = 4,
-        rank: int | None = None,
+        rank: int | dict[str, int] | None = None,
         alpha: float = 1.0,
         top_k: int = 1,
         threshold: float | None = None,
@@ -81,6 +83,8 @@ class MASS(nn.Module):
             raise UserError(f"MASS top_k must be in 1..{len(taus)}, got {top_k}")
         self.module, self.base, self.taus, self.heads = module, base, taus, heads
         self.layer, self.target = layer, target
+        if rank is None:  # TSV-C storage: each task keeps a 1/T share of every matrix's rank
+            rank = {k: default_rank(v, len(taus)) for k, v in taus[0].items() if is_matrix(v)}
         self.tsv_params = {"alpha": alpha, "rank": rank}
         self.top_k, self.threshold, self.temperature = top_k, threshold, temperature
         key = layer + ".weight"

@@ -61,11 +61,15 @@ def tsv_merge_factors(factors: list[LowRank]) -> torch.Tensor:
     return ((U * S) @ Vh).reshape(factors[0].shape)
 
 
+def default_rank(delta: torch.Tensor, num_tasks: int) -> int:
+    """The paper's ``1/T`` share of a matrix's full rank, at least 1."""
+    return max(1, min(delta.shape[0], delta[0].numel()) // num_tasks)
+
+
 def task_ranks(spec: Rank | list[Rank] | None, deltas: list[torch.Tensor], where: str) -> list[int]:
     """Rank per task for one parameter: ``spec`` (one for all or one per task) or the ``1/T`` default."""
-    full = min(deltas[0].shape[0], deltas[0][0].numel())
     if spec is None:
-        return [max(1, full // len(deltas))] * len(deltas)
+        return [default_rank(deltas[0], len(deltas))] * len(deltas)
     ranks = spec if isinstance(spec, list) else [spec] * len(deltas)
     if len(ranks) != len(deltas):
         raise ConfigError("merge params", where, f"one rank or {len(deltas)} ranks (one per task)", spec)
