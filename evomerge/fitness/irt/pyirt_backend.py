@@ -103,18 +103,23 @@ def fit_pyirt(
     n_theta: int = 21,
     max_iter: int = 30,
     tol: float = 1e-4,
+    beta_bounds: tuple[float, float] | None = None,
 ) -> IRTFit:
-    """Fit a 2PL with pyirt on a respondents × items matrix of 0/1 with NaN for unanswered items."""
+    """Fit a 2PL with pyirt on a respondents × items matrix of 0/1 with NaN for unanswered items.
+
+    ``beta_bounds`` overrides the intercept range implied by ``bounds`` (pyirt's own default is
+    (−2, 2), which clips items with |a b| > 2).
+    """
     model, local_dao = _import_pyirt()
     y = np.asarray(responses, dtype=float)
     rows, cols = np.nonzero(~np.isnan(y))
     # pyirt keys users and items by first appearance; string ids keep our order recoverable.
     data = [(f"u{j}", f"i{i}", int(y[j, i])) for j, i in zip(rows, cols)]
     a_hi = bounds.a[1]
-    beta_bounds = [-a_hi * bounds.b[1], -a_hi * bounds.b[0]]
+    beta_box = list(beta_bounds or (-a_hi * bounds.b[1], -a_hi * bounds.b[0]))
     with _contained(model):
         solver = model.IRT_MMLE_2PL(local_dao(data, _LOG), _LOG, is_parallel=False, mode="debug")
-        solver.set_options(list(bounds.theta), n_theta, list(bounds.a), beta_bounds, max_iter, tol)
+        solver.set_options(list(bounds.theta), n_theta, list(bounds.a), beta_box, max_iter, tol)
         solver.set_guess_param({})
         solver.solve_EM()
         items = solver.get_item_param()
