@@ -31,9 +31,9 @@ Probability = Annotated[float, Field(ge=0, le=1)]
 
 class DeapSettings(Strict):
     cxpb: Probability = 0.7
-    mutpb: Annotated[float, Field(gt=0, le=1)] = 0.3
+    mutpb: Annotated[float, Field(gt=0, le=1)] = 1.0
     indpb: Annotated[float, Field(gt=0, le=1)] = 0.3
-    sigma: Annotated[float, Field(gt=0)] = 0.15
+    sigma: Annotated[float, Field(gt=0)] = 0.2
     eta: Annotated[float, Field(gt=0)] = 15.0
     cx_indpb: Probability = 0.5
 

@@ -1,0 +1,89 @@
+"""Toy search spaces and fake evaluators for the search-side tests (no tensors).
+
+The toy objective has a known optimum: x = (1.25, 1.25, 1.25), method = tsv, rank = 16
+(rank is active only when method = tsv), giving 1.0.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+from evomerge.distributed.pool import EvalResult, TaskResponses
+
+OPTIMUM_X = 1.25
+
+
+def toy_space(engine: str = "optuna_tpe", *, seed: int = 0, population: int = 8, evaluations: int = 30,
+              objectives: list[dict] | None = None, **extra: Any) -> dict[str, Any]:
+    """A space mapping with float, log-float, categorical and conditional log-int genes."""
+    space = {
+        "name": "toy",
+        "seed": seed,
+        "models": ["mlp-a", "cnn-b"],
+        "tasks": [{"name": "left", "dataset": "digits", "condition": "classes_0_4"},
+                  {"name": "right", "dataset": "digits", "condition": "classes_5_9", "weight": 2.0}],
+        "recipe": {
+            "kind": "toy",
+            "x": [{"gene": "x0"}, {"gene": "x1"}, {"gene": "x2"}],
+            "merge": {"method": {"gene": "method"}, "rank": {"gene": "rank"}, "lam": {"gene": "lam"}},
+        },
+        "genes": [
+            {"name": "x0", "type": "float", "low": -4, "high": 4},
+            {"name": "x1", "type": "float", "low": -4, "high": 4},
+            {"name": "x2", "type": "float", "low": -4, "high": 4},
+            {"name": "method", "type": "categorical", "choices": ["average", "ties", "tsv"]},
+            {"name": "rank", "type": "int", "low": 1, "high": 64, "log": True, "when": {"method": "tsv"}},
+            {"name": "lam", "type": "float", "low": 0.01, "high": 1.0, "log": True},
+        ],
+        "objectives": objectives or [{"name": "acc", "metric": "accuracy", "direction": "max"}],
+        "engine": {"name": engine, "population": population},
+        "budget": {"evaluations": evaluations},
+    }
+    space.update(copy.deepcopy(extra))
+    return space
+
+
+def two_objectives() -> list[dict]:
+    return [{"name": "acc", "metric": "accuracy", "direction": "max"},
+            {"name": "params", "metric": "added_params", "direction": "min"}]
+
+
+def toy_score(recipe: dict) -> float:
+    """1.0 at the optimum, lower elsewhere."""
+    m = recipe["merge"]
+    score = 1.0 - sum((x - OPTIMUM_X) ** 2 for x in recipe["x"]) / 10
+    score -= {"average": 0.5, "ties": 0.25, "tsv": 0.0}[m["method"]]
+    if m["method"] == "tsv":
+        score -= abs(m["rank"] - 16) / 64
+    return score
+
+
+def toy_params(recipe: dict) -> float:
+    """Added parameters, in conflict with accuracy: large x0 costs parameters."""
+    return 100.0 * (recipe["x"][0] + 4.0)
+
+
+class ToyEvaluator:
+    """Scores the toy recipe; raises on ``method: ties`` with ``lam > raise_above``; returns NaN
+    accuracy when ``x1 < nan_below``; answers 4 fake items per task."""
+
+    def __init__(self, raise_above: float = 2.0, nan_below: float = -10.0, sleep_s: float = 0.0):
+        self.raise_above, self.nan_below, self.sleep_s = raise_above, nan_below, sleep_s
+        self.calls: list[str] = []
+
+    def evaluate(self, candidate_id: str, recipe: dict) -> EvalResult:
+        self.calls.append(candidate_id)
+        time.sleep(self.sleep_s)
+        m = recipe["merge"]
+        if m["method"] == "ties" and m["lam"] > self.raise_above:
+            raise RuntimeError(f"cannot materialize ties with lam={m['lam']:.3f}")
+        acc = float("nan") if recipe["x"][1] < self.nan_below else toy_score(recipe)
+        responses = [TaskResponses("digits/classes_0_4", "val", [0, 1, 2, 3], [True, False, acc > 0, True])]
+        return EvalResult(candidate_id, "ok", {"accuracy/mean": acc, "accuracy/left": acc,
+                                               "accuracy/right": acc, "added_params": toy_params(recipe)},
+                          responses)
+
+
+ITEM_IDS = {("digits/classes_0_4", "val"): [f"digits/classes_0_4/val/{i}/h" for i in range(4)]}
