@@ -124,3 +124,15 @@ def test_item_flags_and_bad_holdout():
     assert item_flags(y) == [["all_correct"], ["all_wrong"], ["unanswered"], []]
     with pytest.raises(UserError, match="holdout"):
         calibrate(y, holdout=1.0)
+
+
+@pytest.mark.parametrize("backend", ["mml", "pyirt"])
+def test_unanswered_items_and_silent_respondents(backend):
+    y, _, _ = simulate_2pl(60, 20, seed=12)
+    y[:, 3] = np.nan
+    y[7] = np.nan
+    result = fit(y, backend)
+    assert np.all(np.isfinite(result.params.a)) and np.all(np.isfinite(result.params.b))
+    assert abs(result.params.b[3]) < 0.5 and abs(np.log(result.params.a[3])) < 0.5  # stays at the prior
+    # Its posterior is the population distribution (pyirt re-estimates it, mml keeps N(0, 1)).
+    assert abs(result.theta[7]) < 0.5 and 0.7 < result.theta_se[7] < 1.3

@@ -32,3 +32,9 @@ class IRTFit:
     n_iter: int
     converged: bool
     backend: str
+
+
+def grid_posterior_moments(posterior: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """EAP ability and posterior sd of each respondent from its posterior weights over grid nodes."""
+    mean = posterior @ nodes
+    return mean, np.sqrt(np.maximum(posterior @ nodes**2 - mean**2, 0.0))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit, log_expit, logsumexp
 
-from evomerge.fitness.irt.fit import FitBounds, IRTFit
+from evomerge.fitness.irt.fit import FitBounds, IRTFit, grid_posterior_moments
 from evomerge.fitness.irt.model import ItemParams
 
 
@@ -89,6 +89,5 @@ def fit_mml(
             break
         last = objective
         a, b = _m_step(post.T @ y0, post.T @ observed, nodes, a, b, bounds, sd_log_a, sd_b)
-    theta = post @ nodes
-    theta_se = np.sqrt(np.maximum(post @ nodes**2 - theta**2, 0.0))
+    theta, theta_se = grid_posterior_moments(post, nodes)
     return IRTFit(ItemParams(a, b), theta, theta_se, it, converged, "mml")

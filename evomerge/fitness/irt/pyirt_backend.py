@@ -32,7 +32,7 @@ from unittest import mock
 import numpy as np
 
 from evomerge.cache import cache_dir
-from evomerge.fitness.irt.fit import FitBounds, IRTFit
+from evomerge.fitness.irt.fit import FitBounds, IRTFit, grid_posterior_moments
 from evomerge.fitness.irt.model import ItemParams, from_intercept
 
 _LOG = logging.getLogger(__name__)
@@ -123,19 +123,18 @@ def fit_pyirt(
         solver.set_guess_param({})
         solver.solve_EM()
         items = solver.get_item_param()
-        users = solver.get_user_param()
         posterior = solver.posterior_theta_distr
     # pyirt stops at the tolerance, at max_iter, or when its likelihood drops (keeping the last
     # better step); only the first counts as converged.
     ell = solver.ell_list
     converged = len(ell) >= 2 and 0.0 <= ell[-1] - ell[-2] <= tol
-    alpha = np.array([items[f"i{i}"]["alpha"] for i in range(y.shape[1])])
-    beta = np.array([items[f"i{i}"]["beta"] for i in range(y.shape[1])])
-    params = from_intercept(alpha, beta)
+    # Items nobody answered get the prior mode a = 1, b = 0 (as in ``mml``); respondents who
+    # answered nothing get the grid prior as posterior.
+    fitted = [items.get(f"i{i}", {"alpha": 1.0, "beta": 0.0}) for i in range(y.shape[1])]
+    params = from_intercept(np.array([f["alpha"] for f in fitted]), np.array([f["beta"] for f in fitted]))
     params = ItemParams(params.a, np.clip(params.b, *bounds.b))
-    user_order = [solver.dao.translate("user", k) for k in range(solver.dao.get_num("user"))]
-    grid = solver.theta_prior_val
-    theta_se_by_user = np.sqrt(np.maximum(posterior @ grid**2 - (posterior @ grid) ** 2, 0.0))
-    theta = np.array([users[f"u{j}"] for j in range(y.shape[0])])
-    theta_se = theta_se_by_user[[user_order.index(f"u{j}") for j in range(y.shape[0])]]
+    row_of = {solver.dao.translate("user", k): k for k in range(solver.dao.get_num("user"))}
+    prior = np.append(posterior, solver.theta_density[None, :], axis=0)
+    order = [row_of.get(f"u{j}", len(posterior)) for j in range(y.shape[0])]
+    theta, theta_se = grid_posterior_moments(prior[order], solver.theta_prior_val)
     return IRTFit(params, theta, theta_se, len(ell), converged, "pyirt")
