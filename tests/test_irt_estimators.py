@@ -152,8 +152,9 @@ def test_adaptive_stops_early_when_far_and_goes_on_when_close(population):
     assert full.estimate.n_items == len(params)
     np.testing.assert_allclose(full.estimate.value, truth[j])
     assert len(np.unique(full.items)) == len(params)
-    with pytest.raises(UserError, match="IRT estimator"):
-        adaptive_evaluate(answer, params, anchors, threshold=0.5, estimator="mean")
+    for name in ("mean", "gpirt"):
+        with pytest.raises(UserError, match="IRT estimator"):
+            adaptive_evaluate(answer, params, anchors, threshold=0.5, estimator=name)
 
 
 def test_recalibrate_adds_rows():

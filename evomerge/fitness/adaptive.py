@@ -28,6 +28,8 @@ from evomerge.fitness.irt.ability import ThetaPrior
 from evomerge.fitness.irt.model import ItemParams, information
 
 Answer = Callable[[np.ndarray], np.ndarray]
+#: Estimators whose value stays unbiased when items are chosen from the answers so far.
+ADAPTIVE_ESTIMATORS = ("irt", "pirt", "mpirt")
 
 
 @dataclass(frozen=True)
@@ -61,14 +63,15 @@ def adaptive_evaluate(
     prior: ThetaPrior | None = None,
 ) -> AdaptiveResult:
     """Evaluate with ``answer(items) -> 0/1 array`` until the interval clears ``threshold``."""
+    if estimator not in ADAPTIVE_ESTIMATORS:
+        raise UserError(f"adaptive evaluation needs an IRT estimator ({', '.join(ADAPTIVE_ESTIMATORS)}), "
+                        f"not '{estimator}': items chosen by information are not a random sample")
     estimate_fn = ESTIMATORS.get(estimator)
     limit = len(params) if max_items is None else min(max_items, len(params))
     items = np.asarray(anchors, dtype=int)
     correct = np.asarray(answer(items), dtype=float)
     while True:
         est = estimate_fn(params, items, correct, prior=prior)
-        if est.theta is None:
-            raise UserError(f"adaptive evaluation needs an IRT estimator (irt, pirt, mpirt), not '{estimator}'")
         if len(items) >= limit or abs(est.value - threshold) > z * est.stderr:
             return AdaptiveResult(est, items, correct)
         new = most_informative(params, est.theta, items, min(batch, limit - len(items)))
