@@ -1,0 +1,133 @@
+"""``evomerge search --space FILE``: search a space for merge recipes into a run folder."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from evomerge.distributed.pool import Evaluator, InProcessPool, Pool
+from evomerge.errors import UserError
+from evomerge.search.engines import ENGINES
+from evomerge.search.run_folder import RunFolder
+from evomerge.search.runner import FinalEval, run_search
+from evomerge.search.space import SearchSpace, load_space, with_overrides
+
+#: Short engine names accepted by ``--engine`` beside the registry's.
+ALIASES = {"deap": ("deap_ga", "deap_nsga2"), "optuna": ("optuna_tpe", "optuna_tpe")}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="search a space for merge recipes (writes a run folder)")
+    p.add_argument("--space", help="search space YAML (optional with --resume: the run keeps a copy)")
+    p.add_argument("--engine", choices=sorted([*ENGINES.names(), *ALIASES]),
+                   help="override the space's engine (deap: GA or NSGA-II by objective count; optuna: TPE)")
+    p.add_argument("--budget", type=int, help="override budget.evaluations (may extend a resumed run)")
+    p.add_argument("--workers", type=int, help="override resources.workers")
+    p.add_argument("--seed", type=int, help="override the space's seed")
+    p.add_argument("--run-dir", help="run folder (default runs/<space name>-<date>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    p.add_argument("--no-progress", action="store_true", help="no progress display")
+    p.set_defaults(func=run)
+
+
+def known_models() -> set[str]:
+    from evomerge.zoo.catalog import Zoo
+
+    return set(Zoo().ids())
+
+
+def engine_name(choice: str, space: SearchSpace) -> str:
+    if choice in ALIASES:
+        single, multi = ALIASES[choice]
+        return multi if len(space.objectives) > 1 else single
+    return choice
+
+
+def resolve_space(args: argparse.Namespace) -> tuple[SearchSpace, Path]:
+    """The space with CLI overrides applied, and the run folder to use."""
+    if args.resume:
+        if not args.run_dir:
+            raise UserError("--resume needs --run-dir (the run folder to continue)")
+        run_dir = Path(args.run_dir)
+        RunFolder(run_dir).require_existing()
+        space = load_space(RunFolder(run_dir).space_path, known_models())
+        if args.engine or args.seed is not None:
+            raise UserError("--engine and --seed cannot change on --resume (the run keeps its own)")
+    else:
+        if not args.space:
+            raise UserError("--space is required (or --resume with --run-dir)")
+        space = load_space(args.space, known_models())
+        run_dir = Path(args.run_dir or f"runs/{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    changes: dict[str, Any] = {}
+    if args.engine:
+        changes["engine.name"] = engine_name(args.engine, space)
+    for flag, field in (("budget", "budget.evaluations"), ("workers", "resources.workers"), ("seed", "seed")):
+        if getattr(args, flag) is not None:
+            changes[field] = getattr(args, flag)
+    return (with_overrides(space, **changes) if changes else space), run_dir
+
+
+def recipe_evaluation(space: SearchSpace) -> tuple[Callable[[], Evaluator], FinalEval, dict[tuple[str, str], Sequence[str]]]:
+    """Evaluator factory (validation split), test-split re-evaluation, and the item ids per task split."""
+    from evomerge.recipe.evaluator import RecipeEvaluator  # the worker side, written by the recipe package
+
+    test_evaluator: list[Evaluator] = []
+
+    def final_eval(recipe: dict) -> dict:
+        if not test_evaluator:
+            test_evaluator.append(RecipeEvaluator(space, split="test", estimator="full"))
+        result = test_evaluator[0].evaluate("final", recipe)
+        if result.status != "ok":
+            raise RuntimeError(result.error)
+        return result.objectives
+
+    return (lambda: RecipeEvaluator(space, split="val")), final_eval, item_ids(space, "val")
+
+
+def item_ids(space: SearchSpace, split: str) -> dict[tuple[str, str], Sequence[str]]:
+    """Each task split's ordered item ids (what response indices point into)."""
+    from evomerge.data import load_task
+
+    out = {}
+    for t in space.tasks:
+        out[(f"{t.dataset}/{t.condition}", split)] = load_task(t.dataset, t.condition, split, seed=space.zoo.seed).item_ids
+    return out
+
+
+def make_pool(space: SearchSpace, factory: Callable[[], Evaluator]) -> Pool:
+    if space.resources.workers == 1:
+        return InProcessPool(factory, timeout_s=space.resources.timeout_s)
+    try:
+        from evomerge.distributed.ray_pool import RayPool
+    except ImportError:
+        raise UserError(f"resources.workers = {space.resources.workers} needs the Ray pool "
+                        "(evomerge.distributed.ray_pool), which is not available; use --workers 1") from None
+    return RayPool(factory, space.resources)
+
+
+def run(args: argparse.Namespace) -> int:
+    from evomerge.console import log
+
+    space, run_dir = resolve_space(args)
+    factory, final_eval, item_ids = recipe_evaluation(space)
+    log(f"{'resuming' if args.resume else 'starting'} {space.name}: engine {space.engine.name}, seed {space.seed}, "
+        f"budget {space.budget.evaluations}, run folder {run_dir}")
+    try:
+        with make_pool(space, factory) as pool:
+            summary = run_search(space, pool, run_dir, resume=args.resume, final_eval=final_eval,
+                                 item_ids=item_ids, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        log(f"interrupted; finished evaluations are in {run_dir}. Continue with: "
+            f"evomerge search --resume --run-dir {run_dir}")
+        return 130
+    best = summary["best"]
+    if best is None:
+        log(f"no candidate succeeded ({summary['failed']} failed); see {run_dir}/evaluations.jsonl")
+        return 1
+    log(f"done: {summary['evaluations']} evaluations ({summary['failed']} failed) in {summary['wall_s']:.1f}s; "
+        f"best {best['id']} {best['objectives']} test accuracy {best['full_test_accuracy']}; "
+        f"{len(summary['pareto'])} on the Pareto front; run folder {run_dir}")
+    return 0
