@@ -97,3 +97,13 @@ def test_mismatched_conditions_or_layers_raise():
     broken = {"c0": acts["c0"], "c1": {"l0": acts["c1"]["l0"]}}
     with pytest.raises(ValueError, match="has layers"):
         layer_map(broken, broken)
+
+
+def test_layer_map_of_a_zoo_model_with_itself_is_the_identity(tiny_zoo):
+    from evomerge.core.probe import ActivationCache, class_probes, probe
+    from evomerge.data.tasks import load_task
+
+    probes = class_probes(load_task("digits", "all", "val"), per_class=20)[:3]
+    acts = probe("cnn-digits", tiny_zoo.adapter("cnn-digits"), probes, cache=ActivationCache())
+    lm = layer_map(acts, acts, theta=0.99)
+    assert {(p.layer_a, p.layer_b) for p in lm.points} == {(n, n) for n in lm.layers_a}

@@ -8,15 +8,14 @@ import torch
 from torch import Tensor, nn
 
 from evomerge.core.align.base import Aligner, Rows, linear_core, register
-from evomerge.core.align.ot import barycentric_projection, subsample
+from evomerge.core.align.ot import barycentric_projection, subsample, unit_max
 from evomerge.core.align.ridge import ridge_map
 
 GW_INITS = ("pairs", "product")
 
 
 def _distance_matrix(x: Tensor) -> np.ndarray:
-    d = torch.cdist(x, x).pow(2)
-    return (d / d.max() if d.max() > 0 else d).numpy()
+    return unit_max(torch.cdist(x, x).pow(2)).numpy()
 
 
 def gromov_plan(a: Tensor, b: Tensor, init: str = "product") -> Tensor:

@@ -24,19 +24,27 @@ OT_METHODS = ("emd", "sinkhorn")
 INITS = ("pairs", "identity")
 
 
-def transport_plan(cost: Tensor, method: str = "emd", reg: float = 0.01) -> Tensor:
-    """Coupling with uniform marginals for ``cost`` ``(n, m)``; the cost is scaled to max 1 first,
-    so the Sinkhorn ``reg`` is relative. Sinkhorn runs in the log domain for small ``reg``."""
-    c = cost.to(torch.float64).numpy()
-    c = c / c.max() if c.max() > 0 else c
-    p, q = np.full(c.shape[0], 1 / c.shape[0]), np.full(c.shape[1], 1 / c.shape[1])
+def transport_plan(cost: Tensor, method: str = "emd", reg: float = 0.01, max_iter: int = 300) -> Tensor:
+    """Coupling with uniform marginals for ``cost`` ``(n, m)``, in float64.
+
+    The cost is scaled to max 1 first, so the Sinkhorn ``reg`` is relative. Sinkhorn runs in the
+    log domain (small ``reg`` underflows otherwise) on POT's torch backend, for at most
+    ``max_iter`` iterations: an approximate coupling is enough for barycentric targets.
+    """
+    c = unit_max(cost.to(torch.float64))
+    p = torch.full((c.shape[0],), 1 / c.shape[0], dtype=torch.float64)
+    q = torch.full((c.shape[1],), 1 / c.shape[1], dtype=torch.float64)
     if method == "emd":
-        plan = ot.emd(p, q, c)
-    elif method == "sinkhorn":
-        plan = ot.sinkhorn(p, q, c, reg, method="sinkhorn_log", numItermax=1000, stopThr=1e-6, warn=False)
-    else:
-        raise ValueError(f"OT method must be one of {OT_METHODS}, got {method!r}")
-    return torch.from_numpy(np.asarray(plan))
+        return torch.from_numpy(np.asarray(ot.emd(p.numpy(), q.numpy(), c.numpy())))
+    if method == "sinkhorn":
+        return ot.sinkhorn(p, q, c, reg, method="sinkhorn_log", numItermax=max_iter, stopThr=1e-6, warn=False)
+    raise ValueError(f"OT method must be one of {OT_METHODS}, got {method!r}")
+
+
+def unit_max(c: Tensor) -> Tensor:
+    """``c / max(c)`` (unchanged when the max is 0): costs on a common scale."""
+    top = float(c.max()) if c.numel() else 0.0
+    return c / top if top > 0 else c
 
 
 def barycentric_projection(plan: Tensor, b: Tensor) -> Tensor:
