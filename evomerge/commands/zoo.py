@@ -9,6 +9,7 @@ import time
 from rich.table import Table
 
 from evomerge.console import log, stdout
+from evomerge.data.datasets import DATASETS
 
 from evomerge.zoo.catalog import Zoo
 
@@ -23,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls = zsub.add_parser("list", help="list the zoo's models with their accuracies")
     ls.add_argument("--seed", type=int, default=0)
     ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ls.add_argument("--dataset", help="only models trained on this dataset")
     ls.set_defaults(func=run_list)
 
 
@@ -36,9 +38,13 @@ def run_build(args: argparse.Namespace) -> int:
 
 def run_list(args: argparse.Namespace) -> int:
     zoo = Zoo(seed=args.seed)
-    zoo.build(log=log)
+    ids = zoo.ids()
+    if args.dataset:
+        DATASETS.get(args.dataset)  # unknown names: UserError listing the valid ones
+        ids = [i for i in ids if zoo.spec(i).dataset == args.dataset]
+    zoo.build(log=log, ids=ids)
     keys = ("id", "architecture", "dataset", "condition", "family", "params", "val_accuracy", "test_accuracy")
-    rows = [{k: zoo.record(i)[k] for k in keys} for i in zoo.ids()]
+    rows = [{k: zoo.record(i)[k] for k in keys} for i in ids]
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0

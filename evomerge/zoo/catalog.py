@@ -123,14 +123,17 @@ class Zoo:
         p = self._path(model_id)
         return p.with_suffix(".json").exists() and p.with_suffix(".safetensors").exists()
 
-    def build(self, workers: int = 2, log: Callable[[str], None] | None = None) -> dict[str, float]:
-        """Train every model not in the cache, ``workers`` processes at a time (bases before fine-tunes).
-
-        Returns the training seconds of each model trained now.
+    def build(
+        self, workers: int = 2, log: Callable[[str], None] | None = None, ids: list[str] | None = None
+    ) -> dict[str, float]:
+        """Train the models ``ids`` (default: all) and their bases where not cached, ``workers`` processes
+        at a time, bases before fine-tunes. Returns the training seconds of each model trained now.
         """
         self.root.mkdir(parents=True, exist_ok=True)
         trained: dict[str, float] = {}
-        todo = [i for i in self.specs if not self.is_built(i)]
+        wanted = set(ids if ids is not None else self.specs)
+        wanted |= {self.spec(i).base for i in wanted if self.spec(i).base}
+        todo = [i for i in self.specs if i in wanted and not self.is_built(i)]
         stages = [[i for i in todo if not self.specs[i].base], [i for i in todo if self.specs[i].base]]
         for stage in stages:
             jobs = [(self.specs[i].model_dump_json(), self.seed, str(self._path(i)),
@@ -155,7 +158,7 @@ class Zoo:
         """The model's row: id, architecture, dataset, condition, params, val/test accuracy, sha256."""
         path = self._path(model_id).with_suffix(".json")
         if not path.exists():
-            self.build(workers=1)
+            self.build(workers=1, ids=[model_id])
         return json.loads(path.read_text())
 
     def weights_path(self, model_id: str) -> Path:
@@ -166,7 +169,7 @@ class Zoo:
         if model_id not in self._adapters:
             spec = self.spec(model_id)
             if not self.is_built(model_id):
-                self.build(workers=1)
+                self.build(workers=1, ids=[model_id])
             net = _new_net(spec, 0)
             net.load_state_dict(load_file(str(self.weights_path(model_id))))
             net.eval().requires_grad_(False)

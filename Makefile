@@ -1,0 +1,27 @@
+# Two commands do all set-up on a fresh machine:
+#   make run    installs evomerge into .venv and runs the main job on the embedded default
+#   make test   installs evomerge (with the test extra) into .venv and runs the test suite
+# The CPU build of torch 2.13.0 is installed first so pip never pulls a CUDA build.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export OMP_WAIT_POLICY ?= PASSIVE
+
+.PHONY: run test install
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/evomerge zoo build
+	$(BIN)/evomerge zoo list
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
