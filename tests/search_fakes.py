@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import time
+from pathlib import Path
 from typing import Any
 
 from evomerge.distributed.pool import EvalResult, TaskResponses
@@ -67,14 +68,20 @@ def toy_params(recipe: dict) -> float:
 
 class ToyEvaluator:
     """Scores the toy recipe; raises on ``method: ties`` with ``lam > raise_above``; returns NaN
-    accuracy when ``x1 < nan_below``; answers 4 fake items per task."""
+    accuracy when ``x1 < nan_below``; answers 4 fake items per task. On candidate ``hang_on`` it
+    writes ``marker`` and hangs (a process to kill mid-evaluation)."""
 
-    def __init__(self, raise_above: float = 2.0, nan_below: float = -10.0, sleep_s: float = 0.0):
+    def __init__(self, raise_above: float = 2.0, nan_below: float = -10.0, sleep_s: float = 0.0,
+                 hang_on: str | None = None, marker: str | None = None):
         self.raise_above, self.nan_below, self.sleep_s = raise_above, nan_below, sleep_s
+        self.hang_on, self.marker = hang_on, marker
         self.calls: list[str] = []
 
     def evaluate(self, candidate_id: str, recipe: dict) -> EvalResult:
         self.calls.append(candidate_id)
+        if candidate_id == self.hang_on:
+            Path(self.marker).write_text(candidate_id)
+            time.sleep(120)
         time.sleep(self.sleep_s)
         m = recipe["merge"]
         if m["method"] == "ties" and m["lam"] > self.raise_above:

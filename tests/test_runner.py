@@ -1,0 +1,302 @@
+"""The search driver: run folder contents, failures, Pareto front, resume after Ctrl-C and kill -9, CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from rich.console import Console
+from search_fakes import ITEM_IDS, ToyEvaluator, toy_params, toy_score, toy_space, two_objectives
+
+from evomerge.cli import main
+from evomerge.commands import search as search_cmd
+from evomerge.distributed.pool import InProcessPool
+from evomerge.errors import UserError
+from evomerge.search.engines import ENGINES
+from evomerge.search.engines.base import candidate_id
+from evomerge.search.progress import SearchProgress
+from evomerge.search.runner import run_search
+from evomerge.search.space import decode, load_space, parse_space, with_overrides
+
+TESTS = Path(__file__).parent
+
+
+def records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "evaluations.jsonl").read_text().splitlines()]
+
+
+def search(space_dict: dict, run: Path, evaluator: ToyEvaluator, **kw) -> dict:
+    space = parse_space(space_dict)
+    return run_search(space, InProcessPool(lambda: evaluator), run, item_ids=ITEM_IDS, progress=False, **kw)
+
+
+def test_run_folder_holds_every_contract_file(tmp_path):
+    run = tmp_path / "run"
+    tested = []
+
+    def final_eval(recipe):
+        tested.append(recipe)
+        return {"accuracy/mean": toy_score(recipe) - 0.01}
+
+    ev = ToyEvaluator(raise_above=0.3, nan_below=-3.0)
+    summary = search(toy_space("optuna_tpe", evaluations=20), run, ev, final_eval=final_eval)
+    space = load_space(run / "space.yaml")
+    assert space.model_dump() == parse_space(toy_space("optuna_tpe", evaluations=20)).model_dump()
+    assert (run / "study.db").exists() and (run / "sampler.pkl").exists()
+
+    recs = records(run)
+    assert [r["id"] for r in recs] == [candidate_id(i) for i in range(20)]
+    failed = [r for r in recs if r["status"] == "failed"]
+    assert failed and len(failed) < 20
+    for r in recs:
+        assert r["recipe"] == decode(space, r["genome"]) and r["wall_s"] >= 0
+        if r["status"] == "ok":
+            assert r["objectives"] == {"acc": pytest.approx(toy_score(r["recipe"]))} and "error" not in r
+        elif r["recipe"]["merge"]["method"] == "ties" and r["recipe"]["merge"]["lam"] > 0.3:
+            assert r["error"].startswith("RuntimeError: cannot materialize ties")
+        else:
+            assert r["recipe"]["x"][1] < -3.0 and "non-finite" in r["error"]
+
+    answered = [r["id"] for r in recs if r["items"]]
+    lines = [json.loads(x) for x in (run / "responses.jsonl").read_text().splitlines()]
+    assert [x["id"] for x in lines] == answered
+    assert json.loads((run / "items" / "digits__classes_0_4__val.json").read_text()) == ITEM_IDS[
+        ("digits/classes_0_4", "val")]
+
+    on_disk = json.loads((run / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    ok = [r for r in recs if r["status"] == "ok"]
+    best = max(ok, key=lambda r: r["objectives"]["acc"])
+    assert summary["best"]["id"] == best["id"] and summary["best"]["recipe"] == best["recipe"]
+    assert summary["best"]["full_test_accuracy"] == pytest.approx(best["objectives"]["acc"] - 0.01)
+    assert tested == [best["recipe"]]
+    assert [p["id"] for p in summary["pareto"]] == [best["id"]]
+    assert (summary["evaluations"], summary["failed"]) == (20, len(failed))
+    assert summary["item_evaluations"] == 4 * len(answered)
+    assert summary["complete"] and summary["wall_s"] > 0
+
+
+def test_search_finishes_when_every_candidate_fails(tmp_path):
+    summary = search(toy_space("deap_ga", evaluations=10), tmp_path / "run", ToyEvaluator(nan_below=10))
+    assert summary["best"] is None and summary["pareto"] == [] and summary["failed"] == 10
+    assert all(r["status"] == "failed" for r in records(tmp_path / "run"))
+
+
+def test_constraints_and_missing_metrics_fail_candidates(tmp_path):
+    space = toy_space("random", evaluations=12, constraints={"max_added_params": 400})
+    search(space, tmp_path / "a", ToyEvaluator())
+    for r in records(tmp_path / "a"):
+        over = toy_params(r["recipe"]) > 400
+        assert (r["status"] == "failed") == over
+        if over:
+            assert r["error"].startswith("infeasible: added_params") and r["objectives"]["acc"] is not None
+    latency = [{"name": "ms", "metric": "latency_ms", "direction": "min"}]
+    search(toy_space("random", evaluations=3, objectives=latency), tmp_path / "b", ToyEvaluator())
+    assert {r["error"] for r in records(tmp_path / "b")} == {"evaluator reported no metric latency_ms"}
+
+
+def dominates(a: dict, b: dict) -> bool:
+    ge = a["acc"] >= b["acc"] and a["params"] <= b["params"]
+    return ge and (a["acc"] > b["acc"] or a["params"] < b["params"])
+
+
+def test_pareto_front_and_final_evaluation_of_its_members(tmp_path):
+    tested = []
+
+    def final_eval(recipe):
+        tested.append(recipe)
+        if recipe["x"][0] < -1:
+            raise RuntimeError("test split unavailable")
+        return {"accuracy/mean": 0.5}
+
+    space = toy_space("deap_nsga2", evaluations=32, objectives=two_objectives())
+    summary = search(space, tmp_path / "run", ToyEvaluator(), final_eval=final_eval)
+    ok = [r for r in records(tmp_path / "run") if r["status"] == "ok"]
+    front = summary["pareto"]
+    assert len(front) >= 2
+    ids = {p["id"] for p in front}
+    for r in ok:
+        if r["id"] in ids:
+            assert not any(dominates(o["objectives"], r["objectives"]) for o in ok)
+        else:
+            assert any(dominates(p["objectives"], r["objectives"]) or p["objectives"] == r["objectives"]
+                       for p in front)
+    assert summary["best"]["id"] in ids
+    assert len(tested) == len(front)  # each member re-evaluated once (best is one of them)
+    for p in front:
+        if p["recipe"]["x"][0] < -1:
+            assert p["full_test_accuracy"] is None and p["test_error"] == "RuntimeError: test split unavailable"
+        else:
+            assert p["full_test_accuracy"] == 0.5
+
+
+class InterruptOnce(ToyEvaluator):
+    def evaluate(self, candidate_id, recipe):
+        if candidate_id == "c00005":
+            raise KeyboardInterrupt
+        return super().evaluate(candidate_id, recipe)
+
+
+@pytest.mark.parametrize("engine", ["deap_ga", "optuna_tpe"])
+def test_ctrl_c_then_resume_extends_the_budget(tmp_path, engine):
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        search(toy_space(engine, evaluations=12), run, InterruptOnce())
+    partial = json.loads((run / "summary.json").read_text())
+    assert partial["complete"] is False and partial["evaluations"] == 5
+    space = with_overrides(load_space(run / "space.yaml"), **{"budget.evaluations": 16})
+    ev = ToyEvaluator()
+    run_search(space, InProcessPool(lambda: ev), run, resume=True, item_ids=ITEM_IDS, progress=False)
+    assert [r["id"] for r in records(run)] == [candidate_id(i) for i in range(16)]
+    assert ev.calls[0] == "c00005"  # the candidate in flight at the interrupt is evaluated again
+
+
+def test_folder_guards(tmp_path):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("x")
+    with pytest.raises(UserError, match="not empty"):
+        search(toy_space(), tmp_path / "busy", ToyEvaluator())
+    with pytest.raises(UserError, match="not a run folder"):
+        search(toy_space(), tmp_path / "nothing", ToyEvaluator(), resume=True)
+
+
+def test_time_budget_stops_asking(tmp_path):
+    space = toy_space("random", evaluations=100, budget={"evaluations": 100, "time_s": 0.3})
+    summary = search(space, tmp_path / "run", ToyEvaluator(sleep_s=0.05))
+    assert 2 <= summary["evaluations"] < 20
+
+
+KILL_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from search_fakes import ITEM_IDS, ToyEvaluator, toy_space
+from evomerge.distributed.pool import InProcessPool
+from evomerge.search.runner import run_search
+from evomerge.search.space import parse_space
+space = parse_space(toy_space({engine!r}, seed=3, evaluations=30))
+evaluator = ToyEvaluator(raise_above=0.6, hang_on="c00012", marker={marker!r})
+run_search(space, InProcessPool(lambda: evaluator), {run!r}, item_ids=ITEM_IDS, progress=False)
+"""
+
+
+def same_run(run: Path, ref: Path) -> bool:
+    keys = ("id", "genome", "status", "objectives")
+    return [{k: r[k] for k in keys} for r in records(run)] == [{k: r[k] for k in keys} for r in records(ref)]
+
+
+@pytest.mark.parametrize("engine", ["deap_ga", "optuna_tpe"])
+def test_resume_after_kill_9_gives_every_candidate_exactly_once(tmp_path, engine):
+    run, marker = tmp_path / "run", tmp_path / "hanging"
+    script = tmp_path / "search.py"
+    script.write_text(KILL_SCRIPT.format(tests=str(TESTS), engine=engine, run=str(run), marker=str(marker)))
+    proc = subprocess.Popen([sys.executable, str(script)], env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+    deadline = time.monotonic() + 60
+    while not marker.exists():  # c00012 is being evaluated
+        assert proc.poll() is None and time.monotonic() < deadline, "the search ended before the kill"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = [r["id"] for r in records(run)]
+    assert before == [candidate_id(i) for i in range(12)]
+
+    ev = ToyEvaluator(raise_above=0.6)
+    run_search(load_space(run / "space.yaml"), InProcessPool(lambda: ev), run, resume=True, item_ids=ITEM_IDS,
+               progress=False)
+    assert [r["id"] for r in records(run)] == [candidate_id(i) for i in range(30)]
+    assert ev.calls[0] == "c00012", "the candidate in flight at the kill is asked again"
+    assert not set(before) & set(ev.calls), "a finished evaluation was repeated"
+    assert json.loads((run / "summary.json").read_text())["evaluations"] == 30
+    search(toy_space(engine, seed=3, evaluations=30), tmp_path / "ref", ToyEvaluator(raise_above=0.6))
+    assert same_run(run, tmp_path / "ref")  # the kill changed nothing
+
+
+@pytest.mark.parametrize("engine", ["deap_nsga2", "optuna_nsga2"])
+def test_logged_result_the_engine_missed_is_replayed_on_resume(tmp_path, monkeypatch, engine):
+    """A kill between the log line and the engine's checkpoint: the log is the truth."""
+    cls = ENGINES.get(engine)
+    original, calls = cls.tell, []
+
+    def tell_then_die(self, cid, values):
+        calls.append(cid)
+        if len(calls) == 7:
+            raise KeyboardInterrupt  # after the line was logged, before the engine learned it
+        original(self, cid, values)
+
+    space = toy_space(engine, seed=2, evaluations=20, objectives=two_objectives())
+    monkeypatch.setattr(cls, "tell", tell_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        search(space, tmp_path / "run", ToyEvaluator())
+    monkeypatch.setattr(cls, "tell", original)
+    assert len(records(tmp_path / "run")) == 7
+    ev = ToyEvaluator()
+    run_search(load_space(tmp_path / "run" / "space.yaml"), InProcessPool(lambda: ev), tmp_path / "run",
+               resume=True, item_ids=ITEM_IDS, progress=False)
+    assert candidate_id(6) not in ev.calls
+    search(space, tmp_path / "ref", ToyEvaluator())
+    assert same_run(tmp_path / "run", tmp_path / "ref")
+
+
+def test_progress_plain_lines_and_terminal_bar():
+    out = io.StringIO()
+    with SearchProgress(3, objective="acc", direction="max", console=Console(file=out)) as p:
+        p.update("c00000", "ok", 0.5)
+        p.update("c00001", "failed", None)
+        p.update("c00002", "ok", 0.7)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("[1/3] c00000 ok acc=0.5 | acc: best 0.5 median 0.5 | failures 0 | eta ")
+    assert lines[2].startswith("[3/3] c00002 ok acc=0.7 | acc: best 0.7 median 0.6 | failures 1 | eta 0m00s")
+    term = io.StringIO()
+    with SearchProgress(2, objective="params", direction="min",
+                        console=Console(file=term, force_terminal=True, width=140)) as p:
+        p.update("c00000", "ok", 5.0)
+        p.update("c00001", "ok", 3.0)
+    assert "2/2" in term.getvalue() and "best 3 median 4" in term.getvalue()
+
+
+# ---- the command line ---------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_cli(monkeypatch):
+    """The search command with the toy evaluator in place of the recipe evaluator."""
+    monkeypatch.setattr(search_cmd, "known_models", lambda: {"mlp-a", "cnn-b"})
+    monkeypatch.setattr(search_cmd, "recipe_evaluation", lambda space: (
+        ToyEvaluator, lambda recipe: {"accuracy/mean": toy_score(recipe)}, ITEM_IDS))
+
+
+def test_cli_search_resume_and_report(tmp_path, fake_cli, capsys):
+    space_file = tmp_path / "toy.yaml"
+    space_file.write_text(yaml.safe_dump(toy_space("optuna_tpe", objectives=two_objectives())))
+    run = tmp_path / "run"
+    args = ["search", "--space", str(space_file), "--run-dir", str(run), "--budget", "8", "--engine", "deap",
+            "--seed", "4", "--no-progress"]
+    assert main(args) == 0
+    space = load_space(run / "space.yaml")
+    assert (space.engine.name, space.seed, space.budget.evaluations) == ("deap_nsga2", 4, 8)
+    assert main(["search", "--resume", "--run-dir", str(run), "--budget", "12"]) == 0
+    assert [r["id"] for r in records(run)] == [candidate_id(i) for i in range(12)]
+    assert main(["search", "--resume", "--run-dir", str(run), "--seed", "1"]) == 2
+    assert "--seed cannot change" in capsys.readouterr().err
+    assert main(["report", str(run)]) == 0
+    md = (run / "report" / "report.md").read_text()
+    assert "## Pareto front" in md and "## Gene importance" in md
+    assert {p.name for p in (run / "report").iterdir()} >= {"fitness.png", "pareto.png", "report.md"}
+
+
+def test_cli_bad_space_exits_2_naming_the_field(tmp_path, fake_cli, capsys):
+    data = toy_space()
+    data["genes"][1]["low"] = 9
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["search", "--space", str(path), "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: field 'genes[1].low': expected a value below high (4.0), got 9" in err
+    assert "Traceback" not in err and not (tmp_path / "run").exists()
