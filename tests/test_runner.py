@@ -274,7 +274,9 @@ def fake_cli(monkeypatch):
 
 def test_cli_search_resume_and_report(tmp_path, fake_cli, capsys):
     space_file = tmp_path / "toy.yaml"
-    space_file.write_text(yaml.safe_dump(toy_space("optuna_tpe", objectives=two_objectives())))
+    data = toy_space("optuna_tpe", objectives=two_objectives())
+    data["engine"]["settings"] = {"multivariate": False}  # TPE's own; dropped when --engine changes it
+    space_file.write_text(yaml.safe_dump(data))
     run = tmp_path / "run"
     args = ["search", "--space", str(space_file), "--run-dir", str(run), "--budget", "8", "--engine", "deap",
             "--seed", "4", "--no-progress"]

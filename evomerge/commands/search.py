@@ -62,8 +62,9 @@ def resolve_space(args: argparse.Namespace) -> tuple[SearchSpace, Path]:
         space = load_space(args.space, known_models())
         run_dir = Path(args.run_dir or f"runs/{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     changes: dict[str, Any] = {}
-    if args.engine:
+    if args.engine and engine_name(args.engine, space) != space.engine.name:
         changes["engine.name"] = engine_name(args.engine, space)
+        changes["engine.settings"] = {}  # the space's settings belong to its own engine
     for flag, field in (("budget", "budget.evaluations"), ("workers", "resources.workers"), ("seed", "seed")):
         if getattr(args, flag) is not None:
             changes[field] = getattr(args, flag)

@@ -221,9 +221,6 @@ class SearchSpace(Strict):
         """The file this space was loaded from (for error messages)."""
         return self._source
 
-    def gene(self, name: str) -> CategoricalGene | IntGene | FloatGene:
-        return next(g for g in self.genes if g.name == name)
-
     @property
     def directions(self) -> list[str]:
         return [o.direction for o in self.objectives]
