@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from evomerge.core.c2m3 import c2m3, cycle_error, pairwise_maps, universe_maps
-from evomerge.core.permutation import apply_permutation, compose, identity_perms, permutation_spec, random_perms
+from evomerge.core.permutation import agreement, apply_permutation, compose, identity_perms, permutation_spec, random_perms
 from evomerge.errors import UserError
 
 
@@ -64,12 +64,12 @@ def test_alignment_raises_pairwise_agreement():
     models = states(mlp, 3)
     spec = permutation_spec(mlp(0))
 
-    def agreement(perms):
+    def pairwise(perms):
         mapped = [apply_permutation(spec, p, m) for p, m in zip(perms, models)]
-        return sum((mapped[i][k] * mapped[j][k]).sum() for i in range(3) for j in range(i + 1, 3) for k in spec.axes)
+        return sum(agreement(spec, mapped[i], mapped[j]) for i in range(3) for j in range(i + 1, 3))
 
     res = c2m3(spec, models, max_iter=50)
-    assert agreement(res.perms) > agreement([identity_perms(spec)] * 3)
+    assert pairwise(res.perms) > pairwise([identity_perms(spec)] * 3)
     assert res.iterations <= 50 and res.gap >= 0
 
 

@@ -93,11 +93,11 @@ def universe_maps(perms: list[Perms]) -> dict[tuple[int, int], Perms]:
     return {(i, j): compose(perms[j], invert(perms[i])) for i in range(n) for j in range(n) if i != j}
 
 
-def pairwise_maps(spec: PermutationSpec, models: list[StateDict], seed: int = 0) -> dict[tuple[int, int], Perms]:
+def pairwise_maps(spec: PermutationSpec, models: list[StateDict], seed: int = 0, restarts: int = 1) -> dict[tuple[int, int], Perms]:
     """Independent weight matching of every pair ``j -> i`` (``i < j``; the reverse map is the inverse)."""
     maps = {}
     for i, j in combinations(range(len(models)), 2):
-        maps[i, j] = weight_matching(spec, models[i], models[j], seed=seed)
+        maps[i, j] = weight_matching(spec, models[i], models[j], seed=seed, restarts=restarts)
         maps[j, i] = invert(maps[i, j])
     return maps
 
