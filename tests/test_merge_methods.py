@@ -8,7 +8,7 @@ import torch
 from evomerge.core.merge import MERGE_METHODS, is_trunk_key, layer_value, merge, task_vectors
 from evomerge.core.merge.dare import dare_drop, key_generator
 from evomerge.core.merge.ties import trim_by_magnitude
-from evomerge.core.merge.tsv import low_rank, nearest_orthogonal, tsv_compress
+from evomerge.core.merge.tsv import low_rank, nearest_orthogonal, tsv_compress, tsv_merge
 from evomerge.errors import ConfigError, UserError
 
 
@@ -275,3 +275,14 @@ def test_tsv_rank_one_is_best_rank_one_approximation():
     out = merge("tsv", base, [{"w": d}], {"rank": 1, "alpha": 2.0})
     U, S, Vh = torch.linalg.svd(d)
     torch.testing.assert_close(out["w"], 2.0 * S[0] * torch.outer(U[:, 0], Vh[0]), atol=1e-5, rtol=1e-5)
+
+
+def test_tsv_merge_of_compressed_factors_matches_the_method():
+    base = make_base()
+    fts = make_finetuned(base, 3, scale=1.0)
+    rank = {"layers.fc": 2, "*": 1}
+    update = tsv_merge(tsv_compress(task_vectors(base, fts), rank), alpha=0.7)
+    merged = merge("tsv", base, fts, {"rank": rank, "alpha": 0.7})
+    assert set(update) == {"layers.conv.weight", "layers.fc.weight", "layers.head.weight"}
+    for k, u in update.items():
+        torch.testing.assert_close(base[k] + u, merged[k])

@@ -87,6 +87,11 @@ def tsv_compress(task_vectors: list[StateDict], rank: PerLayer[Rank | list[Rank]
     return out
 
 
+def tsv_merge(compressed: list[dict[str, LowRank]], alpha: PerLayer[float] = 1.0) -> StateDict:
+    """TSV-M of stored TSV-C factors (as :func:`tsv_compress` returns): the merged matrix updates."""
+    return {k: layer_value(alpha, k, "tsv.alpha") * tsv_merge_factors([c[k] for c in compressed]) for k in compressed[0]}
+
+
 class TsvParams(MergeParams):
     alpha: PerLayer[float] = 1.0
     rank: PerLayer[Rank | list[Rank] | None] = None
