@@ -191,8 +191,9 @@ def lerp_state(a: StateDict, b: StateDict, t: float) -> StateDict:
 
 # ---- specs from modules -------------------------------------------------------------------
 
-_CHANNEL_FIRST = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm)
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_CHANNEL_FIRST = (*_CONVS, *_BATCHNORMS)  # modules whose outputs hold units on axis 1 (else the last axis)
 
 
 class _SpecBuilder:
@@ -208,7 +209,7 @@ class _SpecBuilder:
         self.buffers: set[str] = set()
         self.current: str | None = None
         self.channels = 0  # width of the features labelled by ``current`` (before any flatten)
-        weighted = [n for n, m in module.named_modules() if isinstance(m, (nn.Linear, *_CHANNEL_FIRST[:3]))]
+        weighted = [n for n, m in module.named_modules() if isinstance(m, (nn.Linear, *_CONVS))]
         self.last = weighted[-1] if weighted else None
 
     def new_group(self, name: str, size: int) -> str:
@@ -226,7 +227,7 @@ class _SpecBuilder:
         return AxisPerm(self.current, block=in_size // self.channels)
 
     def visit(self, module: nn.Module, prefix: str) -> None:
-        handler = _HANDLERS.get(type(module))
+        handler = _SpecBuilder.patch_embed if _is_patch_embed(module) else _HANDLERS.get(type(module))
         if handler is not None:
             handler(self, module, prefix)
         elif any(True for _ in module.parameters(recurse=False)):
@@ -299,7 +300,6 @@ class _SpecBuilder:
                 self.put(f"{prefix}{norm}.{p}", res)
 
     def patch_embed(self, m: nn.Module, prefix: str) -> None:
-        """A token embedding ``proj`` (Linear) plus learned positions ``pos`` of shape ``(1, T, D)``."""
         res = AxisPerm(self.new_group(prefix + "residual", m.proj.out_features))
         self.put(prefix + "proj.weight", res, self.incoming(m.proj.in_features, prefix + "proj"))
         self.put(prefix + "proj.bias", res)
@@ -307,22 +307,17 @@ class _SpecBuilder:
         self.current, self.channels = res.perm, m.proj.out_features
 
 
-def _patch_embed_types() -> tuple[type, ...]:
-    try:
-        from evomerge.zoo.models import PatchEmbed
-    except ImportError:  # the core works without the zoo
-        return ()
-    return (PatchEmbed,)
+def _is_patch_embed(m: nn.Module) -> bool:
+    """A token embedding: a Linear ``proj`` plus learned positions ``pos`` of shape ``(1, T, D)``."""
+    pos = getattr(m, "pos", None)
+    return isinstance(getattr(m, "proj", None), nn.Linear) and isinstance(pos, nn.Parameter) and pos.ndim == 3
 
 
 _HANDLERS: dict[type, Callable[[_SpecBuilder, nn.Module, str], None]] = {
     nn.Linear: _SpecBuilder.weighted,
-    nn.Conv1d: _SpecBuilder.weighted,
-    nn.Conv2d: _SpecBuilder.weighted,
-    nn.Conv3d: _SpecBuilder.weighted,
-    **{t: _SpecBuilder.norm for t in _NORMS},
+    **{t: _SpecBuilder.weighted for t in _CONVS},
+    **{t: _SpecBuilder.norm for t in (*_BATCHNORMS, nn.LayerNorm)},
     nn.TransformerEncoderLayer: _SpecBuilder.encoder_layer,
-    **{t: _SpecBuilder.patch_embed for t in _patch_embed_types()},
 }
 
 
