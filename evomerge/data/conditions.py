@@ -52,6 +52,27 @@ def _roll(shift: int) -> Callable[[np.ndarray, np.random.Generator], np.ndarray]
     return lambda x, rng: np.roll(x, shift, axis=-1)
 
 
+def _mixture(*transforms: Callable[[np.ndarray, np.random.Generator], np.ndarray]):
+    """Each item gets one of ``transforms``, chosen uniformly at random (seeded)."""
+
+    def apply(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        which = rng.integers(0, len(transforms), len(x))
+        out = x.copy()
+        for k, t in enumerate(transforms):
+            out[which == k] = t(x[which == k], rng)
+        return out
+
+    return apply
+
+
+def _reverse(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return x[..., ::-1].copy()
+
+
+def _negate(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return -x
+
+
 def _common() -> list[Condition]:
     return [
         Condition("all", "subset", "every item, labels 0-9"),
@@ -66,8 +87,12 @@ _CONDITIONS: dict[str, list[Condition]] = {
     + [
         Condition("noise", "transform", "additive Gaussian noise, sigma 0.4", transform=_noise(0.4)),
         Condition("shift", "transform", "circular shift by 20 of 40 steps", transform=_roll(20)),
-        Condition("reverse", "transform", "time reversal", transform=lambda x, rng: x[..., ::-1].copy()),
-        Condition("negate", "transform", "sign flip", transform=lambda x, rng: -x),
+        Condition("reverse", "transform", "time reversal", transform=_reverse),
+        Condition("negate", "transform", "sign flip", transform=_negate),
+        Condition(
+            "mixed", "transform", "each item clean, noisy, shifted, reversed or negated (uniform, seeded)",
+            transform=_mixture(lambda x, rng: x, _noise(0.4), _roll(20), _reverse, _negate),
+        ),
     ],
     "digits": _common()
     + [

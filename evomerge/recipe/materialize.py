@@ -20,7 +20,7 @@ from torch import nn
 
 from evomerge.core.align import ConditionPair, make_aligner
 from evomerge.core.gate import fit_gate
-from evomerge.core.merge import is_trunk_key, merge
+from evomerge.core.merge import is_trunk_key, merge, task_vectors
 from evomerge.core.probe import ActivationCache, ProbeSet
 from evomerge.core.route import MASS
 from evomerge.core.stitch import condition_pairs, fit_stitch, tune_stitch
@@ -125,6 +125,15 @@ def _fit_gate(module: StitchMerge, recipe: StitchRecipe, sources: Sources, skele
                     epochs=1 if skeleton else recipe.gate.epochs, seed=recipe.seed)
 
 
+def build_mass(net: nn.Module, base: dict, taus: list[dict], heads: list[dict], recipe: WeightsRecipe) -> MASS:
+    """MASS over the tasks' vectors ``taus`` with their ``heads``, as the recipe configures it."""
+    m = recipe.mass
+    assert m is not None
+    params = {k: v for k, v in recipe.params.items() if k in ("rank", "alpha")}
+    return MASS(net, base, taus, heads, m.layer, route_rank=m.route_rank, top_k=m.top_k,
+                temperature=m.temperature, threshold=m.threshold, **params)
+
+
 def _weights(recipe: WeightsRecipe, sources: Sources) -> Materialized:
     base_adapter = sources.adapter(recipe.base)
     base = base_adapter.state_dict()
@@ -135,12 +144,10 @@ def _weights(recipe: WeightsRecipe, sources: Sources) -> Materialized:
     finetuned = [sources.adapter(m).state_dict() for m in recipe.models]
     tasks = [own_task(s) for s in specs]
     net = copy.deepcopy(base_adapter.module)
-    if recipe.mass is not None:
-        m = recipe.mass
-        params = {k: v for k, v in recipe.params.items() if k in ("rank", "alpha")}
-        mass = MASS.from_finetuned(net, base, finetuned, m.layer, route_rank=m.route_rank, top_k=m.top_k,
-                                   temperature=m.temperature, threshold=m.threshold, **params)
-        module: nn.Module = MassMerge(mass, tasks)
+    if recipe.mass is not None and recipe.mass.enabled:
+        taus = task_vectors(base, finetuned, is_trunk_key)
+        heads = [{k: v for k, v in sd.items() if k not in taus[0]} for sd in finetuned]
+        module: nn.Module = MassMerge(build_mass(net, base, taus, heads, recipe), tasks)
     else:
         params = dict(recipe.params)
         if recipe.method == "dare":

@@ -15,13 +15,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from evomerge.errors import ConfigError
 
 
 class Strict(BaseModel):
+    """Unknown fields are errors; a null field takes its default (inactive conditional genes decode to null)."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_defaults(cls, data: Any) -> Any:
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
 
 
 def _drop_nulls(params: dict[str, Any] | None) -> dict[str, Any]:
@@ -97,8 +104,11 @@ class StitchRecipe(Strict):
 
 
 class MassSpec(Strict):
-    """MASS routing (Crisostomi et al. 2025) over the tasks' subspaces at the Linear ``layer``."""
+    """MASS routing (Crisostomi et al. 2025) over the tasks' subspaces at the Linear ``layer``.
 
+    Uses the recipe's TSV ``rank``/``alpha`` for its second pass; ``enabled: false`` is a static merge."""
+
+    enabled: bool = False
     layer: str
     route_rank: Annotated[int, Field(ge=1)] = 4
     top_k: Annotated[int, Field(ge=1)] = 1

@@ -35,7 +35,7 @@ def default_specs() -> list[ModelSpec]:
     * related task distributions: disjoint class subsets, clean vs time-reversed signals;
     * seeded twins and a triplet of one architecture on one task (permutation alignment, C2M3);
     * a shared-base family: a CNN pretrained on clean MNIST-1D, then four fine-tunes, each on
-      its own input transformation or labelling with its own head (five tasks) (task arithmetic / TIES / TSV).
+      its own input transformation or labelling with its own head (task arithmetic / TIES / TSV).
     """
     s: list[ModelSpec] = []
     for ds in ("mnist1d", "digits"):
@@ -53,12 +53,13 @@ def default_specs() -> list[ModelSpec]:
     ]
     s += [ModelSpec(id=f"mlp-digits-s{k}", arch="mlp", dataset="digits", seed=k, family="twins") for k in (1, 2, 3)]
     s += [ModelSpec(id=f"cnn-mnist1d-s{k}", arch="cnn", dataset="mnist1d", seed=k, family="twins", **_CNN_1D) for k in (1, 2)]
-    s.append(ModelSpec(id="base-mnist1d", arch="cnn", dataset="mnist1d", seed=10, family="shared_base", **_CNN_1D))
+    s.append(ModelSpec(id="base-mnist1d", arch="cnn", dataset="mnist1d", condition="mixed", seed=10, width=64,
+                       family="shared_base", **_CNN_1D))
     for cond in ("reverse", "negate", "shift", "noise", "parity"):
         s.append(
             ModelSpec(
-                id=f"ft-mnist1d-{cond}", arch="cnn", dataset="mnist1d", condition=cond, seed=11,
-                epochs=40, lr=3e-3, batch_size=100, base="base-mnist1d", family="shared_base",
+                id=f"ft-mnist1d-{cond}", arch="cnn", dataset="mnist1d", condition=cond, seed=11, width=64,
+                epochs=20, lr=1e-3, batch_size=100, base="base-mnist1d", family="shared_base",
             )
         )
     return s
