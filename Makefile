@@ -19,9 +19,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+RUN := runs/cross_arch-$(shell date +%Y%m%d-%H%M%S)
+
 run: $(STAMP)
-	$(BIN)/evomerge zoo build
-	$(BIN)/evomerge zoo list
+	$(BIN)/evomerge search --space search_spaces/cross_arch.yaml --run-dir $(RUN)
+	$(BIN)/evomerge export $(RUN) --out $(RUN)/model
+	$(BIN)/evomerge evaluate $(RUN)/model
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
