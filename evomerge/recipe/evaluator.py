@@ -1,26 +1,49 @@
-"""The worker-side evaluator: holds the zoo, task data and activation cache; scores one recipe.
+"""The worker-side evaluator: holds the zoo, task data, activation cache and item bank; scores one recipe.
 
 Built once per worker (in-process pool or Ray actor) and reused for every candidate, so source
-models, task items and aligner fit activations are loaded or computed once.
+models, task items, aligner fit activations and the item bank are loaded or computed once.
+
+Fitness ``full`` answers every item of the split. An IRT estimator (``fitness.estimator`` with a
+``bank``, validation split, one task) runs the model on the chosen items only and estimates the
+accuracy through :class:`~evomerge.fitness.search_fitness.BankFitness` (anchors, adaptive items,
+full verification of a new best, periodic refits).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
+import numpy as np
 import torch
 
 from evomerge.core.probe import ActivationCache
 from evomerge.data.tasks import TaskData, load_task
 from evomerge.distributed.pool import EvalResult, TaskResponses
+from evomerge.errors import ConfigError, UserError
 from evomerge.evaluate import responses
+from evomerge.fitness.search_fitness import BankFitness, Scored
 from evomerge.recipe.materialize import Materialized, materialize
-from evomerge.search.space import SearchSpace
+from evomerge.recipe.merged import weight_for
+from evomerge.recipe.schema import StitchRecipe, parse_recipe
+from evomerge.search.space import FitnessSettings, SearchSpace
 from evomerge.zoo.catalog import Zoo
 
 #: Items in the batch whose forward time is reported as ``latency_ms``.
 LATENCY_BATCH = 256
+
+
+def recipe_mixing(recipe: dict[str, Any], task_key: str) -> dict[str, float]:
+    """Each source model's share in a recipe (``mpirt``'s prior): stitch routing weights for
+    ``task_key``, or equal shares of a weight merge's fine-tunes."""
+    r = parse_recipe(recipe)
+    if isinstance(r, StitchRecipe):
+        mixing = {r.trunk: weight_for(r.trunk_weight, task_key)}
+        for br in r.branches:
+            mixing[br.model] = mixing.get(br.model, 0.0) + weight_for(br.weight, task_key)
+        return mixing
+    return {m: 1.0 for m in r.models}
 
 
 class RecipeEvaluator:
@@ -28,41 +51,75 @@ class RecipeEvaluator:
 
     Metrics: ``accuracy/<task name>``, ``accuracy/mean`` (weighted by the tasks' weights),
     ``params``, ``added_params`` (over the reference source), ``latency_ms`` (one batch of
-    ``LATENCY_BATCH`` items).
+    ``LATENCY_BATCH`` items). With an IRT estimator also ``accuracy_stderr/<task>`` and
+    ``accuracy_stderr/mean`` (tasks independent), ``items/<task>`` (items answered) and
+    ``verified/<task>`` (1 when every item was answered, so the accuracy is exact).
     """
 
     def __init__(self, space: SearchSpace, split: str = "val", estimator: str | None = None, device: str = "cpu"):
         self.space, self.split, self.device = space, split, device
         self.estimator = estimator or space.fitness.estimator
-        if self.estimator != "full":
-            from evomerge.errors import UserError
-
-            raise UserError(f"fitness.estimator '{self.estimator}': only 'full' is wired into the search so far")
-        self.zoo = Zoo(seed=space.zoo.seed)
-        self.zoo.build(workers=1, ids=list(space.models))
-        for m in space.models:
-            self.zoo.adapter(m)  # load every source once, now
         self.tasks: dict[str, TaskData] = {
             t.name: load_task(t.dataset, t.condition, split, space.zoo.seed) for t in space.tasks
         }
         self.weights = {t.name: t.weight for t in space.tasks}
+        self.fitness: dict[str, BankFitness] = {}
+        if self.estimator != "full":  # the bank is checked before any model is built or trained
+            self.fitness = self._bank_fitness(space.fitness.model_copy(update={"estimator": self.estimator}))
+        self.zoo = Zoo(seed=space.zoo.seed)
+        self.zoo.build(workers=1, ids=list(space.models))
+        for m in space.models:
+            self.zoo.adapter(m)  # load every source once, now
         self.cache = ActivationCache()
+        if self.estimator == "mpirt":
+            for name, fit in self.fitness.items():
+                task = self.tasks[name]
+                fit.set_sources({m: responses(self.zoo.adapter(m).forward, task, device=device).numpy()
+                                 for m in space.models})
+
+    def _bank_fitness(self, settings: FitnessSettings) -> dict[str, BankFitness]:
+        if self.split != "val":
+            raise UserError(f"estimator '{self.estimator}' estimates validation accuracy; split '{self.split}' "
+                            "is always evaluated in full")
+        if len(self.tasks) != 1:
+            raise ConfigError(self.space.source, "fitness.bank", "a space with one task (a bank covers one task split)",
+                              f"{len(self.tasks)} tasks")
+        name, task = next(iter(self.tasks.items()))
+        return {name: BankFitness(settings, task.item_ids, seed=self.space.seed, source=self.space.source)}
 
     def build(self, recipe: dict[str, Any]) -> Materialized:
         return materialize(recipe, self.zoo, self.cache)
 
     @torch.no_grad()
-    def score(self, built: Materialized) -> tuple[dict[str, float], list[TaskResponses]]:
-        """Accuracy per task (and weighted mean), sizes and latency of a built merged model."""
+    def score(self, built: Materialized, recipe: dict[str, Any] | None = None
+              ) -> tuple[dict[str, float], list[TaskResponses]]:
+        """Accuracy per task (and weighted mean), sizes and latency of a built merged model.
+
+        In IRT mode the accuracies are estimates; ``recipe`` gives ``mpirt`` its prior."""
         model = built.module.to(self.device)
         metrics: dict[str, float] = {}
         answered: list[TaskResponses] = []
         for name, task in self.tasks.items():
-            correct = responses(lambda x, key=task.key: model(x, key), task, device=self.device)
-            metrics[f"accuracy/{name}"] = correct.float().mean().item()
-            answered.append(TaskResponses(task.key, self.split, list(range(len(task))), correct.tolist()))
+            def run(x: torch.Tensor, key: str = task.key) -> torch.Tensor:
+                return model(x, key)
+
+            if name in self.fitness:
+                scored = self._estimate(self.fitness[name], run, task, recipe)
+                metrics[f"accuracy/{name}"] = scored.value
+                metrics[f"accuracy_stderr/{name}"] = scored.stderr
+                metrics[f"items/{name}"] = float(len(scored.items))
+                metrics[f"verified/{name}"] = float(scored.verified)
+                answered.append(TaskResponses(task.key, self.split, scored.items.tolist(),
+                                              scored.correct.astype(bool).tolist()))
+            else:
+                correct = responses(run, task, device=self.device)
+                metrics[f"accuracy/{name}"] = correct.float().mean().item()
+                answered.append(TaskResponses(task.key, self.split, list(range(len(task))), correct.tolist()))
         total = sum(self.weights.values())
         metrics["accuracy/mean"] = sum(metrics[f"accuracy/{n}"] * w for n, w in self.weights.items()) / total
+        if self.fitness:
+            metrics["accuracy_stderr/mean"] = math.sqrt(sum(
+                (metrics.get(f"accuracy_stderr/{n}", 0.0) * w) ** 2 for n, w in self.weights.items())) / total
         metrics["params"] = float(built.params)
         metrics["added_params"] = float(built.added_params)
         first = next(iter(self.tasks.values()))
@@ -72,7 +129,19 @@ class RecipeEvaluator:
         metrics["latency_ms"] = (time.perf_counter() - start) * 1000
         return metrics, answered
 
+    def _estimate(self, fitness: BankFitness, run: Any, task: TaskData, recipe: dict[str, Any] | None) -> Scored:
+        def answer(items: np.ndarray) -> np.ndarray:
+            index = torch.as_tensor(np.asarray(items, dtype=np.int64))
+            return responses(run, task, device=self.device, items=index).numpy()
+
+        prior = None
+        if fitness.settings.estimator == "mpirt":
+            if recipe is None:
+                raise UserError("estimator 'mpirt' needs the recipe: score(built, recipe)")
+            prior = fitness.prior(recipe_mixing(recipe, task.key))
+        return fitness.evaluate(answer, prior)
+
     def evaluate(self, candidate_id: str, recipe: dict[str, Any]) -> EvalResult:
         start = time.perf_counter()
-        metrics, answered = self.score(self.build(recipe))
+        metrics, answered = self.score(self.build(recipe), recipe)
         return EvalResult(candidate_id, "ok", metrics, answered, time.perf_counter() - start)

@@ -1,0 +1,149 @@
+"""IRT fitness inside the search: one task's bank, anchors, estimator, incumbent and online refits.
+
+Per candidate, :meth:`BankFitness.evaluate` gets ``answer(items) -> 0/1`` that runs the merged
+model on those items only (the only items that cost anything) and:
+
+1. answers the K anchors and estimates the accuracy over the bank's N items (value ± stderr);
+2. if ``adaptive``, adds the most informative items while value ± z·stderr contains the
+   incumbent (:func:`~evomerge.fitness.adaptive.adaptive_evaluate`), up to ``max_items``;
+3. *verifies*: a candidate whose estimate beats the incumbent (or the first one) answers every
+   remaining item, so its value is its exact validation accuracy (stderr 0) and it becomes the
+   incumbent. The incumbent is thus a true accuracy, not the maximum of noisy estimates (which is
+   biased upward, the winner's curse), the search's best is always fully evaluated, and these
+   full rows are the top candidates' responses that recalibration needs;
+4. every ``recalibrate_every`` evaluations refits the bank (:func:`~evomerge.fitness.adaptive.
+   recalibrate`) on its source runs' matrix plus every answer of this run so far (missing
+   answers are missing by design given the observed ones, so MML ignores them validly), then
+   re-selects ``fisher`` anchors at the run's mean ability and re-estimates source abilities.
+
+The incumbent is this object's own (one per worker). In process it is the run's best; with
+several workers each knows only its own best, a lower threshold that costs extra items but never
+biases an estimate. A resumed run starts without an incumbent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from evomerge.errors import ConfigError, UserError
+from evomerge.fitness.adaptive import ADAPTIVE_ESTIMATORS, adaptive_evaluate, recalibrate
+from evomerge.fitness.anchors import ANCHORS, Anchors
+from evomerge.fitness.bank import ItemBank, load_bank
+from evomerge.fitness.estimators import ESTIMATORS, recipe_prior
+from evomerge.fitness.irt.ability import ThetaPrior, estimate_theta
+from evomerge.fitness.irt.model import ItemParams
+from evomerge.fitness.responses import read_responses
+from evomerge.search.space import FitnessSettings
+
+Answer = Callable[[np.ndarray], np.ndarray]
+#: Anchor items per task when the space's ``fitness.items`` is not set.
+DEFAULT_ITEMS = 50
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One candidate's accuracy on a task: value, stderr, the items it answered and the answers."""
+
+    value: float
+    stderr: float
+    items: np.ndarray
+    correct: np.ndarray
+    verified: bool
+
+
+def source_matrix(bank: ItemBank, bank_path: str) -> np.ndarray:
+    """The response matrix the bank was fitted on, read from its source runs, checked by hash."""
+    field = "sources (needed by fitness.recalibrate_every)"
+    if not bank.sources:
+        raise ConfigError(bank_path, field, "the source runs the bank was fitted on", "none recorded")
+    try:
+        matrix = read_responses([s.path for s in bank.sources], bank.task, bank.split)
+    except UserError as err:
+        raise ConfigError(bank_path, field, "the bank's source run folders", str(err)) from None
+    recorded = {(s.path, s.responses_sha256, s.items_sha256) for s in bank.sources}
+    changed = [s.path for s in matrix.sources if (s.path, s.responses_sha256, s.items_sha256) not in recorded]
+    if changed or len(matrix.sources) != len(bank.sources):
+        raise ConfigError(bank_path, field, "source runs unchanged since calibration (same SHA-256)",
+                          ", ".join(changed) or "a source run without responses for the task")
+    return matrix.values
+
+
+class BankFitness:
+    """Estimated accuracy on one task split from a calibrated item bank (see the module docstring)."""
+
+    def __init__(self, settings: FitnessSettings, item_ids: Sequence[str], *, seed: int = 0,
+                 source: str = "<space>"):
+        if settings.bank is None:
+            raise ConfigError(source, "fitness.bank", f"an item bank for estimator '{settings.estimator}'")
+        self.settings, self.seed, self.n = settings, seed, len(item_ids)
+        self.bank = load_bank(settings.bank, item_ids)
+        self.params: ItemParams = self.bank.params
+        if settings.adaptive and settings.estimator not in ADAPTIVE_ESTIMATORS:
+            raise ConfigError(source, "fitness.adaptive", f"false, or an estimator of {', '.join(ADAPTIVE_ESTIMATORS)} "
+                              "(items chosen by information are not a random sample)", settings.estimator)
+        self.k = settings.items or DEFAULT_ITEMS
+        if self.k > self.n:
+            raise ConfigError(source, "fitness.items", f"at most the bank's {self.n} items", self.k)
+        self.pirt_mae = self.bank.diagnostics.get("heldout_mae")
+        if settings.estimator == "gpirt" and not isinstance(self.pirt_mae, float):
+            raise ConfigError(settings.bank, "diagnostics.heldout_mae", "a held-out error (calibrate with --holdout > 0) "
+                              "for estimator 'gpirt'", self.pirt_mae)
+        self.history = source_matrix(self.bank, settings.bank) if settings.recalibrate_every else None
+        self.anchors: Anchors = ANCHORS.get(settings.anchors)(self.params, self.k, seed=seed, theta=0.0)
+        self.rows: list[tuple[np.ndarray, np.ndarray]] = []
+        self.incumbent: float | None = None
+        self.refits = 0
+        self.source_answers: dict[str, np.ndarray] = {}
+        self.source_thetas: dict[str, float] = {}
+
+    def set_sources(self, answers: Mapping[str, np.ndarray]) -> None:
+        """Source models' full answers on the bank's items; their abilities anchor ``mpirt``'s prior."""
+        self.source_answers = {m: np.asarray(a, dtype=float) for m, a in answers.items()}
+        self.source_thetas = {m: estimate_theta(self.params, a)[0] for m, a in self.source_answers.items()}
+
+    def prior(self, mixing: Mapping[str, float]) -> ThetaPrior:
+        """``mpirt``'s ability prior: the recipe's mixing of its sources' abilities (:func:`recipe_prior`)."""
+        missing = [m for m in mixing if m not in self.source_thetas]
+        if missing:
+            raise UserError(f"mpirt: no ability for source model(s) {', '.join(missing)}")
+        return recipe_prior([self.source_thetas[m] for m in mixing], list(mixing.values()))
+
+    def evaluate(self, answer: Answer, prior: ThetaPrior | None = None) -> Scored:
+        """Anchors, adaptive extension, verification of a new best, and the periodic refit."""
+        s = self.settings
+        if s.adaptive and self.incumbent is not None:
+            result = adaptive_evaluate(answer, self.params, self.anchors.items, self.incumbent, estimator=s.estimator,
+                                       z=s.z, batch=s.batch, max_items=s.max_items, prior=prior)
+            estimate, items, correct = result.estimate, result.items, result.correct
+        else:
+            items = self.anchors.items
+            correct = np.asarray(answer(items), dtype=float)
+            estimate = ESTIMATORS.get(s.estimator)(self.params, items, correct, weights=self.anchors.weights,
+                                                   prior=prior, pirt_mae=self.pirt_mae)
+        value, stderr, verified = estimate.value, estimate.stderr, False
+        if self.incumbent is None or value > self.incumbent:
+            rest = np.setdiff1d(np.arange(self.n), items)
+            items = np.concatenate([items, rest])
+            correct = np.concatenate([correct, np.asarray(answer(rest), dtype=float)])
+            value, stderr, verified = float(correct.mean()), 0.0, True
+            self.incumbent = value if self.incumbent is None else max(self.incumbent, value)
+        self.rows.append((items, correct))
+        if s.recalibrate_every and len(self.rows) % s.recalibrate_every == 0:
+            self.refit()
+        return Scored(value, stderr, items, correct, verified)
+
+    def refit(self) -> None:
+        """Refit on the source runs' matrix plus this run's answers; follow with anchors and abilities."""
+        assert self.history is not None, "refit needs fitness.recalibrate_every (the source matrix)"
+        rows = np.full((len(self.rows), self.n), np.nan)
+        for r, (items, correct) in enumerate(self.rows):
+            rows[r, items] = correct
+        fit = recalibrate(self.history, rows, backend=self.bank.backend, holdout=0.0, seed=self.seed).fit
+        self.params, self.refits = fit.params, self.refits + 1
+        if self.settings.anchors == "fisher":
+            theta = float(fit.theta[-len(rows):].mean())
+            self.anchors = ANCHORS.get("fisher")(self.params, self.k, theta=theta)
+        self.set_sources(self.source_answers)
