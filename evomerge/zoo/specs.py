@@ -26,6 +26,8 @@ class ModelSpec(BaseModel):
 
 #: MNIST-1D CNNs train as in Greydanus (2020): lr 1e-2, batch 100, long schedule (about 94% test).
 _CNN_1D = {"epochs": 150, "lr": 1e-2, "batch_size": 100}
+#: Digits CNNs have 64 channels (about 92k parameters): the larger model of the MLP/CNN pairs.
+_CNN_2D = {"width": 64}
 
 
 def default_specs() -> list[ModelSpec]:
@@ -41,14 +43,14 @@ def default_specs() -> list[ModelSpec]:
     for ds in ("mnist1d", "digits"):
         s += [
             ModelSpec(id=f"mlp-{ds}", arch="mlp", dataset=ds),
-            ModelSpec(id=f"cnn-{ds}", arch="cnn", dataset=ds, **(_CNN_1D if ds == "mnist1d" else {})),
+            ModelSpec(id=f"cnn-{ds}", arch="cnn", dataset=ds, **(_CNN_1D if ds == "mnist1d" else _CNN_2D)),
             ModelSpec(id=f"tf-{ds}", arch="transformer", dataset=ds),
         ]
     s += [
         ModelSpec(id="cnn-mnist1d-lo", arch="cnn", dataset="mnist1d", condition="classes_0_4", family="related", **_CNN_1D),
         ModelSpec(id="tf-mnist1d-hi", arch="transformer", dataset="mnist1d", condition="classes_5_9", family="related"),
         ModelSpec(id="mlp-digits-lo", arch="mlp", dataset="digits", condition="classes_0_4", family="related"),
-        ModelSpec(id="cnn-digits-hi", arch="cnn", dataset="digits", condition="classes_5_9", family="related"),
+        ModelSpec(id="cnn-digits-hi", arch="cnn", dataset="digits", condition="classes_5_9", family="related", **_CNN_2D),
         ModelSpec(id="tf-mnist1d-rev", arch="transformer", dataset="mnist1d", condition="reverse", family="related"),
     ]
     s += [ModelSpec(id=f"mlp-digits-s{k}", arch="mlp", dataset="digits", seed=k, family="twins") for k in (1, 2, 3)]
