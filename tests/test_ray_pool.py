@@ -25,6 +25,7 @@ from search_fakes import ITEM_IDS, ToyEvaluator, toy_space  # noqa: E402
 from evomerge.distributed.devices import pick_device, takes_device, torch_threads  # noqa: E402
 from evomerge.distributed.pool import EvalResult  # noqa: E402
 from evomerge.distributed.ray_pool import RayPool  # noqa: E402
+from evomerge.errors import UserError  # noqa: E402
 from evomerge.search.engines.base import candidate_id  # noqa: E402
 from evomerge.search.runner import run_search  # noqa: E402
 from evomerge.search.space import Resources, parse_space, with_overrides  # noqa: E402
@@ -245,6 +246,15 @@ def test_ctrl_c_stops_the_workers_and_the_run_resumes(ray_session, tmp_path):
         summary = run_search(space, pool, run, resume=True, item_ids=ITEM_IDS, progress=False)
     assert summary["complete"] and sorted(ids(run)) == [candidate_id(i) for i in range(12)]
     assert ids(run)[: len(done)] == done  # nothing finished before Ctrl-C was redone
+
+
+@pytest.mark.ray
+def test_a_worker_the_cluster_cannot_hold_is_a_user_error(ray_session):
+    gpus = ray.cluster_resources().get("GPU", 0)
+    with pytest.raises(UserError, match=f"asks for {gpus + 1:g} GPUs .* has {gpus:g}"):
+        RayPool(ToyEvaluator, Resources(workers=2, gpus_per_worker=gpus + 1))
+    with pytest.raises(UserError, match="asks for 3 CPUs"):
+        RayPool(ToyEvaluator, Resources(workers=1, cpus_per_worker=3))
 
 
 @pytest.mark.ray

@@ -33,6 +33,7 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from evomerge.distributed.devices import pick_device, takes_device, torch_threads
 from evomerge.distributed.pool import EvalResult, Evaluator, Pool, safe_evaluate
+from evomerge.errors import UserError
 from evomerge.search.space import Resources
 
 
@@ -57,7 +58,7 @@ class EvalWorker:
         return safe_evaluate(self.evaluator, candidate_id, recipe)
 
 
-_REMOTE_WORKER = ray.remote(EvalWorker)
+REMOTE_WORKER = ray.remote(EvalWorker)
 
 
 @dataclass
@@ -81,6 +82,24 @@ def connect(address: str | None, resources: Resources) -> bool:
     return True
 
 
+def check_fits(resources: Resources) -> None:
+    """A UserError when no worker could ever be placed (it would wait forever): the cluster has
+    fewer CPUs or GPUs in total than one worker asks for."""
+    total = ray.cluster_resources()
+    for kind, need in (("CPU", resources.cpus_per_worker), ("GPU", resources.gpus_per_worker)):
+        if need > total.get(kind, 0):
+            raise UserError(f"each worker asks for {need:g} {kind}s (resources.{kind.lower()}s_per_worker) "
+                            f"but the Ray cluster has {total.get(kind, 0):g}")
+
+
+def actor_options(resources: Resources) -> dict[str, Any]:
+    """Ray options of one worker actor: its CPUs and GPUs, no Ray-side restart (the pool replaces
+    dead workers itself), OpenMP with passive waits and one thread per whole CPU."""
+    threads = str(torch_threads(resources.cpus_per_worker))
+    return {"num_cpus": resources.cpus_per_worker, "num_gpus": resources.gpus_per_worker, "max_restarts": 0,
+            "runtime_env": {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": threads}}}
+
+
 class RayPool(Pool):
     """``resources.workers`` Ray actors, each holding one evaluator built by ``factory``.
 
@@ -93,15 +112,18 @@ class RayPool(Pool):
 
     def __init__(self, factory: Callable[..., Evaluator], resources: Resources, address: str | None = None):
         self._owns_ray = connect(address, resources)
+        try:
+            check_fits(resources)
+        except UserError:
+            if self._owns_ray:
+                ray.shutdown()
+            raise
         self.capacity = resources.workers
         self.timeout_s = resources.timeout_s
         self.max_retries = resources.max_retries
-        threads = torch_threads(resources.cpus_per_worker)
-        self._actor_options = dict(
-            num_cpus=resources.cpus_per_worker, num_gpus=resources.gpus_per_worker, max_restarts=0,
-            runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(threads)}})
+        self._actor_options = actor_options(resources)
         self._factory = ray.put(factory)
-        self._threads = threads
+        self._threads = torch_threads(resources.cpus_per_worker)
         self._name = f"evomerge-{uuid.uuid4().hex[:8]}"
         self._started = 0
         #: workers killed and replaced (died or timed out)
@@ -119,7 +141,7 @@ class RayPool(Pool):
     def _start_worker(self) -> None:
         """A new actor (named ``<pool>-<n>`` for ``ray list actors``); idle once its evaluator is built."""
         self._started += 1
-        actor = _REMOTE_WORKER.options(name=f"{self._name}-{self._started}", **self._actor_options).remote(
+        actor = REMOTE_WORKER.options(name=f"{self._name}-{self._started}", **self._actor_options).remote(
             self._factory, self._threads)
         self._starting[actor.info.remote()] = actor
 
