@@ -57,26 +57,38 @@ def test_corrupt_export_is_a_user_error(tiny_zoo, tmp_path):
         load_exported(tmp_path)
 
 
+@pytest.fixture(scope="module")
+def cli_env(tmp_path_factory):
+    """Subprocess environment sharing one cache, so the digits models train once for this module."""
+    return dict(os.environ, EVOMERGE_CACHE=str(tmp_path_factory.mktemp("cli_cache")))
+
+
 def _cli(*args, env):
     return subprocess.run([sys.executable, "-m", "evomerge.cli", *args], capture_output=True, text=True, env=env, timeout=600)
 
 
-def test_search_export_evaluate_reproduces_recorded_accuracy(tmp_path):
-    """A short search on digits (default zoo models, trained in seconds), then export and evaluate."""
+def digits_space(tmp_path, budget=4, source_layers=("fc1", "fc2", "fc3")):
+    """The default cross_arch space moved onto digits models (default zoo, trained in seconds)."""
     space = yaml.safe_load(open("search_spaces/cross_arch.yaml"))
     space.update(name="digits_mini", models=["mlp-digits-lo", "cnn-digits-hi"],
-                 tasks=[{"name": "all", "dataset": "digits", "condition": "all"}], budget={"evaluations": 4})
+                 tasks=[{"name": "all", "dataset": "digits", "condition": "all"}], budget={"evaluations": budget})
     space["recipe"].update(trunk="mlp-digits-lo", gate={"layer": "fc3"})
     br = space["recipe"]["branches"][0]
     br.update(model="cnn-digits-hi")
     br["fit"].update(task="digits/all", items=400)
     genes = {g["name"]: g for g in space["genes"]}
-    genes["source_layer"]["choices"] = ["fc1", "fc2", "fc3"]
+    genes["source_layer"]["choices"] = list(source_layers)
     genes["target_layer"]["choices"] = ["conv3", "fc"]
-    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
-    env = dict(os.environ, EVOMERGE_CACHE=str(tmp_path / "cache"))
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+def test_search_export_evaluate_reproduces_recorded_accuracy(tmp_path, cli_env):
+    """A short search on digits, then export and evaluate: the recorded test accuracy, exactly."""
+    env = cli_env
     run = tmp_path / "run"
-    proc = _cli("search", "--space", str(tmp_path / "space.yaml"), "--run-dir", str(run), "--no-progress", env=env)
+    proc = _cli("search", "--space", str(digits_space(tmp_path)), "--run-dir", str(run), "--no-progress", env=env)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert summary["evaluations"] == 4
@@ -89,3 +101,16 @@ def test_search_export_evaluate_reproduces_recorded_accuracy(tmp_path):
     assert rows[0]["items"] == len(load_task("digits", "all", "test", 0))
     bad = _cli("export", str(tmp_path / "nope"), "--out", str(tmp_path / "x"), env=env)
     assert bad.returncode == 2 and "not a run folder" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_candidate_failing_in_materialization_is_recorded_and_search_finishes(tmp_path, cli_env):
+    env = cli_env
+    run = tmp_path / "run"
+    space = digits_space(tmp_path, budget=8, source_layers=("fc2", "no_such_layer"))
+    proc = _cli("search", "--space", str(space), "--run-dir", str(run), "--no-progress", "--engine", "random", env=env)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in (run / "evaluations.jsonl").read_text().splitlines()]
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert len(rows) == 8 and len({r["id"] for r in rows}) == 8
+    assert failed and all("no_such_layer" in r["error"] for r in failed)
+    assert len(failed) < 8 and json.loads((run / "summary.json").read_text())["failed"] == len(failed)
