@@ -50,7 +50,7 @@ def wait_for_dashboard(url: str, head: subprocess.Popen, within_s: float = 90) -
 @pytest.fixture
 def ray_head(tmp_path):
     """A one-node Ray head on loopback with 2 CPUs (every port chosen free, temp dir short);
-    yields (dashboard url, environment). Stopped through its own process group."""
+    yields (dashboard url, GCS port, environment). Stopped through its own process group."""
     temp_dir = tempfile.mkdtemp(prefix="rayj", dir="/tmp")
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_TMPDIR": temp_dir,
            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token", "OMP_WAIT_POLICY": "PASSIVE",
@@ -67,7 +67,7 @@ def ray_head(tmp_path):
     url = f"http://127.0.0.1:{dashboard}"
     try:
         wait_for_dashboard(url, head)
-        yield url, env
+        yield url, gcs, env
     finally:
         head.terminate()  # --block: the head shuts its Ray processes down on SIGTERM
         try:
@@ -84,7 +84,7 @@ def ray_head(tmp_path):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_search_submitted_as_a_ray_job_writes_a_complete_run_folder(ray_head, tmp_path):
-    url, env = ray_head
+    url, gcs, env = ray_head
     from evomerge.search.space import load_space
     from evomerge.zoo.catalog import Zoo
 
@@ -102,6 +102,8 @@ def test_search_submitted_as_a_ray_job_writes_a_complete_run_folder(ray_head, tm
         env=env, capture_output=True, text=True, timeout=400)
     log = submit.stdout + submit.stderr
     assert submit.returncode == 0 and "succeeded" in log, log[-3000:]
+    # the job's actors ran on this head, not on a Ray of its own
+    assert f"joined the Ray cluster at 127.0.0.1:{gcs} for 2 workers" in " ".join(log.split())
 
     records = [json.loads(x) for x in (run / "evaluations.jsonl").read_text().splitlines()]
     assert len(records) == len({r["id"] for r in records}) == 4

@@ -33,6 +33,7 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from evomerge.distributed.devices import pick_device, takes_device, torch_threads
 from evomerge.distributed.pool import EvalResult, Evaluator, Pool, safe_evaluate
+from evomerge.console import log
 from evomerge.errors import UserError
 from evomerge.search.space import Resources
 
@@ -79,6 +80,8 @@ def connect(address: str | None, resources: Resources) -> bool:
     else:
         ray.init(num_cpus=max(1, round(resources.workers * resources.cpus_per_worker)),
                  include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    how = "joined the Ray cluster" if target else "started a local Ray"
+    log(f"{how} at {ray.get_runtime_context().gcs_address} for {resources.workers} workers")
     return True
 
 
