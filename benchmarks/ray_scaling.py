@@ -270,6 +270,7 @@ def main() -> None:
         "speedup_2_vs_1": mean(speedup),
         "speedup_2_vs_1_min": min(speedup),
         "cpu_ceiling_2_vs_1": ceiling,  # same ratio for plain processes, before and after the runs
+        "speedup_vs_cpu_ceiling": mean(speedup) / mean(ceiling),
         "ray_overhead": mean(overhead),
         "ray_overhead_ms_per_candidate": mean(overhead_ms),
         "actor_pool_vs_ray_pool_2": mean([per_min("actor_pool", 2, s) / per_min("ray_pool", 2, s) for s in seeds]),

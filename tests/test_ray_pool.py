@@ -248,6 +248,19 @@ def test_ctrl_c_stops_the_workers_and_the_run_resumes(ray_session, tmp_path):
     assert ids(run)[: len(done)] == done  # nothing finished before Ctrl-C was redone
 
 
+class Broken:
+    def __init__(self):
+        raise FileNotFoundError("zoo model cnn-x is not built")
+
+
+@pytest.mark.ray
+def test_an_evaluator_that_cannot_be_built_stops_the_pool_with_its_error(ray_session):
+    with RayPool(Broken, Resources(workers=2)) as pool:
+        pool.submit("c0", {})
+        with pytest.raises(RuntimeError, match="(?s)2 Ray workers in a row failed to start.*zoo model cnn-x"):
+            list(pool.results())
+
+
 @pytest.mark.ray
 def test_a_worker_the_cluster_cannot_hold_is_a_user_error(ray_session):
     gpus = ray.cluster_resources().get("GPU", 0)

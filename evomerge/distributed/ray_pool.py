@@ -129,6 +129,7 @@ class RayPool(Pool):
         self._threads = torch_threads(resources.cpus_per_worker)
         self._name = f"evomerge-{uuid.uuid4().hex[:8]}"
         self._started = 0
+        self._failed_starts = 0  # in a row
         #: workers killed and replaced (died or timed out)
         self.replaced = 0
         self._queue: deque[_Job] = deque()
@@ -219,8 +220,13 @@ class RayPool(Pool):
             actor = self._starting.pop(ref)
             try:
                 ray.get(ref)
-            except RayActorError as exc:  # the factory itself fails: no candidate can be evaluated
-                raise RuntimeError(f"a Ray worker failed to start its evaluator: {exc}") from exc
+            except RayActorError as exc:
+                self._failed_starts += 1
+                if self._failed_starts >= self.capacity:  # the factory itself fails, not one worker
+                    raise RuntimeError(f"{self._failed_starts} Ray workers in a row failed to start: {exc}") from exc
+                self._replace(actor)
+                return
+            self._failed_starts = 0
             self._idle.append(actor)
             return
         actor, job, _ = self._running.pop(ref)
