@@ -87,7 +87,7 @@ def mean(params: ItemParams, items: np.ndarray, correct: np.ndarray, *, weights:
          **_: object) -> Estimate:
     items, y = _observed(params, items, correct)
     w = np.full(len(y), 1.0 / len(y)) if weights is None else np.asarray(weights, float) / np.sum(weights)
-    value = float(w @ y)
+    value = float(np.clip(w @ y, 0.0, 1.0))  # weights summing to 1 + ε must not give sqrt(< 0)
     n_eff = 1.0 / float(w @ w)
     fpc = max(0.0, 1.0 - len(y) / len(params))
     return Estimate(value, float(np.sqrt(value * (1 - value) / n_eff * fpc)), len(y))

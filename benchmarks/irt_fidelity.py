@@ -1,0 +1,215 @@
+"""IRT fitness fidelity on the default space (mnist1d/all, 5,000 validation items) and search with it.
+
+1. Pools, every candidate evaluated on the full validation split: *diverse* = the random-engine run
+   ``runs/calib_random`` (made by the command in docs/irt.md if missing), *close* = the last
+   ``CLOSE`` candidates of a full-fitness TPE search (step 3's).
+2. A bank is calibrated (``calibrate``, mml) on ``N_TRAIN`` diverse candidates; on the other
+   diverse ones and on the close pool, for each estimator × anchor selection × K (seeds 0-2 for the
+   seeded selections), the estimate is compared with the full validation accuracy: MAE in points,
+   Spearman and Kendall (scipy), top-1 agreement on the close pool, cost reduction = 5,000 ÷ items.
+   Adaptive (p-IRT, threshold = the running best true accuracy in search order, as the search's
+   verified incumbent) against fixed random anchors of the same average cost, on the close pool.
+3. The default space searched with TPE (seed 0, ``BUDGET`` candidates) with full fitness and with
+   IRT fitness from the shipped bank (``IRT_FITNESS`` variants): the winner's full-test accuracy and
+   the item evaluations.
+
+    OMP_NUM_THREADS=1 python benchmarks/irt_fidelity.py
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import kendalltau, spearmanr
+
+from evomerge.commands.search import known_models, recipe_evaluation
+from evomerge.distributed.pool import InProcessPool
+from evomerge.evaluate import responses
+from evomerge.fitness.adaptive import adaptive_evaluate
+from evomerge.fitness.anchors import ANCHORS
+from evomerge.fitness.calibrate import calibrate
+from evomerge.fitness.estimators import ESTIMATORS, recipe_prior
+from evomerge.fitness.irt.ability import estimate_theta
+from evomerge.fitness.responses import read_responses
+from evomerge.recipe.evaluator import recipe_mixing
+from evomerge.search.runner import run_search
+from evomerge.search.space import SearchSpace, load_space, with_overrides
+from evomerge.zoo.catalog import Zoo
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACE = ROOT / "search_spaces" / "cross_arch.yaml"
+TASK = "mnist1d/all"
+DIVERSE = ROOT / "runs" / "calib_random"
+N_TRAIN = 200
+CLOSE = 80
+BUDGET = 200
+KS = (25, 50, 100, 200)
+SEEDS = (0, 1, 2)
+BANK = str(ROOT / "item_banks" / "mnist1d_all.json")
+IRT_FITNESS = {  # search variants: adaptive p-IRT, and the best fixed setting of the fidelity table
+    "pirt_adaptive": {"estimator": "pirt", "bank": BANK, "items": 50, "anchors": "stratified", "adaptive": True,
+                      "batch": 10, "max_items": 200, "recalibrate_every": 50},
+    "gpirt_k100": {"estimator": "gpirt", "bank": BANK, "items": 100, "anchors": "stratified", "recalibrate_every": 50},
+}
+ADAPTIVE = ((25, 100), (25, 200), (50, 400))  # (anchors, max_items)
+
+
+def search(space: SearchSpace, run_dir: Path) -> dict[str, Any]:
+    """Run a search in-process from scratch (what ``evomerge search`` does)."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    factory, final_eval, item_ids = recipe_evaluation(space)
+    with InProcessPool(factory) as pool:
+        return run_search(space, pool, run_dir, final_eval=final_eval, item_ids=item_ids, progress=False)
+
+
+def ensure_diverse(space: SearchSpace) -> None:
+    summary = DIVERSE / "summary.json"
+    if not (summary.exists() and json.loads(summary.read_text())["complete"]):
+        search(with_overrides(space, **{"engine.name": "random", "engine.settings": {}, "seed": 1,
+                                        "budget.evaluations": 300}), DIVERSE)
+
+
+def recipes(run: Path) -> dict[str, dict]:
+    return {f"{run.name}/{r['id']}": r["recipe"] for r in map(json.loads, (run / "evaluations.jsonl").open())}
+
+
+def source_answers(space: SearchSpace) -> dict[str, np.ndarray]:
+    """Each source model's full validation answers (for mpirt's recipe prior)."""
+    from evomerge.data import load_task
+
+    zoo, task = Zoo(seed=space.zoo.seed), load_task("mnist1d", "all", "val", space.zoo.seed)
+    return {m: responses(zoo.adapter(m).forward, task).numpy().astype(float) for m in space.models}
+
+
+def rank_metrics(est: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    return {"mae_points": float(100 * np.abs(est - truth).mean()), "spearman": float(spearmanr(est, truth)[0]),
+            "kendall": float(kendalltau(est, truth)[0]), "top1": float(np.argmax(est) == np.argmax(truth))}
+
+
+def fidelity(space: SearchSpace, close_run: Path) -> tuple[list[dict], list[dict]]:
+    diverse = read_responses([DIVERSE], TASK)
+    close = read_responses([close_run], TASK)
+    y_close = close.values[-CLOSE:]
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(diverse.values))
+    y_train, y_held = diverse.values[order[:N_TRAIN]], diverse.values[order[N_TRAIN:]]
+    start = time.perf_counter()
+    cal = calibrate(y_train, holdout=0.2, seed=0)
+    print(f"calibrated on {N_TRAIN} diverse candidates in {time.perf_counter() - start:.1f}s: "
+          f"held-out AUC {cal.diagnostics['heldout_auc']:.3f}, accuracy MAE {cal.diagnostics['heldout_mae']:.4f}")
+    params, mae = cal.fit.params, cal.diagnostics["heldout_mae"]
+    thetas = {m: estimate_theta(params, a)[0] for m, a in source_answers(space).items()}
+    all_recipes = recipes(DIVERSE) | recipes(close_run)
+    held_names = [diverse.candidates[i] for i in order[N_TRAIN:]]
+    pools = {"diverse": (y_held, held_names), "close": (y_close, close.candidates[-CLOSE:])}
+    priors = {name: recipe_prior(*zip(*[(thetas[m], c) for m, c in recipe_mixing(all_recipes[name], TASK).items()]))
+              for y, names in pools.values() for name in names}
+    pop_theta = float(cal.fit.theta.mean())
+    rows = []
+    for selector in ANCHORS.names():
+        for k in KS:
+            seeds = (0,) if selector == "fisher" else SEEDS
+            anchor_sets = [ANCHORS.get(selector)(params, k, seed=s, theta=pop_theta) for s in seeds]
+            for estimator in ESTIMATORS.names():
+                row: dict[str, Any] = {"estimator": estimator, "anchors": selector, "k": k,
+                                       "cost_reduction": len(params) / np.mean([len(a.items) for a in anchor_sets])}
+                for pool, (y, names) in pools.items():
+                    per_seed = []
+                    for a in anchor_sets:
+                        est = np.array([ESTIMATORS.get(estimator)(params, a.items, row_y[a.items], weights=a.weights,
+                                                                  prior=priors[n], pirt_mae=mae).value
+                                        for row_y, n in zip(y, names)])
+                        per_seed.append(rank_metrics(est, y.mean(axis=1)))
+                    for key in ("mae_points", "spearman", "kendall", "top1"):
+                        row[f"{pool}_{key}"] = float(np.mean([m[key] for m in per_seed]))
+                rows.append(row)
+    adaptive_rows = []
+    truth = y_close.mean(axis=1)
+    incumbents = np.maximum.accumulate(np.concatenate([[truth[0]], truth[:-1]]))
+    for k0, cap in ADAPTIVE:
+        for seed in SEEDS:
+            anchors = ANCHORS.get("random")(params, k0, seed=seed)
+            runs = [adaptive_evaluate(lambda idx, row=row: row[idx], params, anchors.items, inc, estimator="pirt",
+                                      batch=10, max_items=cap) for row, inc in zip(y_close, incumbents)]
+            used = float(np.mean([len(r.items) for r in runs]))
+            fixed = ANCHORS.get("random")(params, int(round(used)), seed=seed)
+            est_fixed = np.array([ESTIMATORS.get("pirt")(params, fixed.items, row[fixed.items]).value for row in y_close])
+            a, f = rank_metrics(np.array([r.estimate.value for r in runs]), truth), rank_metrics(est_fixed, truth)
+            adaptive_rows.append({"anchors": k0, "max_items": cap, "seed": seed, "mean_items": used,
+                                  **{f"adaptive_{m}": a[m] for m in ("spearman", "kendall", "top1", "mae_points")},
+                                  **{f"fixed_{m}": f[m] for m in ("spearman", "kendall", "top1", "mae_points")}})
+    return rows, adaptive_rows
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    space = load_space(SPACE, known_models())
+    ensure_diverse(space)
+    tpe = with_overrides(space, **{"engine.name": "optuna_tpe", "seed": 0, "budget.evaluations": BUDGET})
+    runs = ROOT / "runs"
+    full = search(tpe, runs / "irt_bench_full")
+    irt = {name: search(with_overrides(tpe, fitness=f), runs / f"irt_bench_{name}") for name, f in IRT_FITNESS.items()}
+    rows, adaptive_rows = fidelity(space, runs / "irt_bench_full")
+
+    print(f"\nFidelity (estimate vs full validation accuracy); diverse: {300 - N_TRAIN} held-out random "
+          f"candidates, close: the last {CLOSE} of a TPE search; seeded selections averaged over seeds {SEEDS}")
+    print(f"{'estimator':9} {'anchors':10} {'K':>4} {'x fewer':>7} | {'MAE pt':>6} {'Spear':>6} {'Kendall':>7} | "
+          f"{'close Sp':>8} {'Kendall':>7} {'top-1':>5}")
+    for r in rows:
+        print(f"{r['estimator']:9} {r['anchors']:10} {r['k']:4d} {r['cost_reduction']:7.1f} | {r['diverse_mae_points']:6.2f} "
+              f"{r['diverse_spearman']:6.3f} {r['diverse_kendall']:7.3f} | {r['close_spearman']:8.3f} "
+              f"{r['close_kendall']:7.3f} {r['close_top1']:5.2f}")
+    print("\nAdaptive (p-IRT from random anchors, threshold = running best) vs fixed random anchors of the same "
+          "average cost, close pool")
+    print(f"{'K0':>3} {'cap':>4} {'seed':>4} {'items':>6} | {'adaptive Sp':>11} {'Kendall':>7} {'top-1':>5} | "
+          f"{'fixed Sp':>8} {'Kendall':>7} {'top-1':>5}")
+    for r in adaptive_rows:
+        print(f"{r['anchors']:3d} {r['max_items']:4d} {r['seed']:4d} {r['mean_items']:6.1f} | {r['adaptive_spearman']:11.3f} "
+              f"{r['adaptive_kendall']:7.3f} {r['adaptive_top1']:5.2f} | {r['fixed_spearman']:8.3f} "
+              f"{r['fixed_kendall']:7.3f} {r['fixed_top1']:5.2f}")
+
+    searches = []
+    for name, s in {"full": full, **irt}.items():
+        searches.append({"fitness": name, "winner": s["best"]["id"], "winner_val_objective": s["best"]["objectives"]["accuracy"],
+                         "winner_full_test_accuracy": s["best"]["full_test_accuracy"],
+                         "item_evaluations": s["item_evaluations"], "wall_s": s["wall_s"]})
+    print(f"\nSearch: TPE, seed 0, {BUDGET} candidates; IRT fitness variants: {IRT_FITNESS}")
+    print(f"{'fitness':14} {'winner':7} {'val acc':>7} {'test acc':>8} {'item evals':>10} {'share':>6} {'wall s':>7}")
+    for s in searches:
+        s["item_share"] = s["item_evaluations"] / searches[0]["item_evaluations"]
+        print(f"{s['fitness']:14} {s['winner']:7} {s['winner_val_objective']:7.4f} {s['winner_full_test_accuracy']:8.4f} "
+              f"{s['item_evaluations']:10d} {s['item_share']:6.3f} {s['wall_s']:7.1f}")
+
+    qualifying = [r for r in rows if r["cost_reduction"] >= 50]
+    best = min(qualifying, key=lambda r: r["diverse_mae_points"])
+    summary = {
+        "mae_points": best["diverse_mae_points"], "spearman": best["diverse_spearman"],
+        "cost_reduction": best["cost_reduction"], "close_pool_top1": best["close_top1"],
+        "best_setting": {k: best[k] for k in ("estimator", "anchors", "k")},
+        "adaptive_close_spearman": float(np.mean([r["adaptive_spearman"] for r in adaptive_rows])),
+        "fixed_close_spearman": float(np.mean([r["fixed_spearman"] for r in adaptive_rows])),
+        "full_search_test_accuracy": searches[0]["winner_full_test_accuracy"],
+        "irt_search_test_accuracy": {s["fitness"]: s["winner_full_test_accuracy"] for s in searches[1:]},
+        "irt_search_item_share": {s["fitness"]: s["item_share"] for s in searches[1:]},
+        "wall_s": time.perf_counter() - start,
+    }
+    print(f"\nBest setting with >= 50x fewer items: {summary['best_setting']}: MAE {summary['mae_points']:.2f} points, "
+          f"Spearman {summary['spearman']:.3f}, close-pool top-1 {summary['close_pool_top1']:.2f}; "
+          f"total {summary['wall_s']:.0f}s")
+    out = ROOT / "benchmarks" / "results" / "irt_fidelity.json"
+    out.write_text(json.dumps({"benchmark": "irt_fidelity", "command": "OMP_NUM_THREADS=1 python benchmarks/irt_fidelity.py",
+                               "rows": rows + [{"adaptive": r} for r in adaptive_rows] + [{"search": s} for s in searches],
+                               "summary": summary}, indent=1) + "\n")
+    print(f"wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
