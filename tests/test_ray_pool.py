@@ -80,6 +80,8 @@ class Scripted:
             raise ValueError(recipe["raise"])
         if recipe.get("exit"):
             os._exit(1)  # the worker process dies, as under the OOM killer
+        if recipe.get("unpicklable"):
+            return EvalResult(candidate_id, "ok", {"accuracy/mean": 0.5}, [threading.Lock()])
         return EvalResult(candidate_id, "ok", {"accuracy/mean": recipe.get("acc", 0.5), "pid": os.getpid()})
 
 
@@ -145,6 +147,7 @@ def test_failures_deaths_and_timeouts_are_results_of_their_candidate(ray_session
         pool.submit("nan", {"acc": math.nan})
         pool.submit("dies", {"exit": True})
         pool.submit("hangs", {"sleep": 60})
+        pool.submit("unpicklable", {"unpicklable": True})
         for i in range(3):
             pool.submit(f"ok{i}", {"acc": 0.7})
         start = time.monotonic()
@@ -152,11 +155,12 @@ def test_failures_deaths_and_timeouts_are_results_of_their_candidate(ray_session
         elapsed = time.monotonic() - start
         workers = pool.worker_info()  # waits for the last replacement to start
     by_id = {r.id: r for r in results}
-    assert len(results) == len(by_id) == 7  # each candidate exactly once
+    assert len(results) == len(by_id) == 8  # each candidate exactly once
     assert by_id["boom"].status == "failed" and by_id["boom"].error == "ValueError: bad layer l3"
     assert by_id["nan"].status == "failed" and "non-finite" in by_id["nan"].error
     assert by_id["dies"].status == "failed" and "worker died 2 times (max_retries=1)" in by_id["dies"].error
     assert by_id["hangs"].status == "failed" and "exceeded timeout_s=4" in by_id["hangs"].error
+    assert by_id["unpicklable"].status == "failed" and "pickle" in by_id["unpicklable"].error
     assert all(by_id[f"ok{i}"].status == "ok" for i in range(3))
     assert pool.replaced == 3 and elapsed < 40  # two deaths and one timeout, each worker replaced
     assert len(workers) == 2

@@ -31,9 +31,9 @@ import ray
 from ray.actor import ActorHandle
 from ray.exceptions import RayActorError, RayTaskError
 
+from evomerge.console import log
 from evomerge.distributed.devices import pick_device, takes_device, torch_threads
 from evomerge.distributed.pool import EvalResult, Evaluator, Pool, safe_evaluate
-from evomerge.console import log
 from evomerge.errors import UserError
 from evomerge.search.space import Resources
 
@@ -238,11 +238,11 @@ class RayPool(Pool):
             self._replace(actor)
             if job.deaths > self.max_retries:
                 self._done.append(EvalResult(job.id, "failed", error=f"worker died {job.deaths} times "
-                                             f"(max_retries={self.max_retries}); last: {_first_line(exc)}"))
+                                             f"(max_retries={self.max_retries}); last: {_reason(exc)}"))
             else:
                 self._queue.appendleft(job)
-        except RayTaskError as exc:  # safe_evaluate let a BaseException through; the worker lives on
-            self._done.append(EvalResult(job.id, "failed", error=_first_line(exc)))
+        except RayTaskError as exc:  # e.g. a result that cannot be serialized; the worker lives on
+            self._done.append(EvalResult(job.id, "failed", error=_reason(exc)))
             self._idle.append(actor)
 
     def _expire(self, now: float) -> None:
@@ -255,5 +255,10 @@ class RayPool(Pool):
                                              error=f"evaluation exceeded timeout_s={self.timeout_s:g}; worker replaced"))
 
 
-def _first_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+def _reason(exc: BaseException) -> str:
+    """``Type: first line`` of a Ray error, of the exception it wraps where it wraps one."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        exc = cause
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
