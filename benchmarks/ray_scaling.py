@@ -35,7 +35,7 @@ from ray.util import ActorPool  # noqa: E402
 
 from evomerge.distributed.devices import torch_threads  # noqa: E402
 from evomerge.distributed.pool import EvalResult, InProcessPool, Pool, safe_evaluate  # noqa: E402
-from evomerge.distributed.ray_pool import REMOTE_WORKER, RayPool, actor_options  # noqa: E402
+from evomerge.distributed.ray_pool import REMOTE_WORKER, RayPool, actor_options, connect  # noqa: E402
 from evomerge.recipe.evaluator import RecipeEvaluator  # noqa: E402
 from evomerge.search.engines import ENGINES  # noqa: E402
 from evomerge.search.space import Resources, SearchSpace, decode, load_space, with_overrides  # noqa: E402
@@ -215,9 +215,9 @@ def main() -> None:
     RecipeEvaluator(space)  # builds (or loads) the zoo once, outside every measurement
     zoo_s = time.perf_counter() - start
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    os.environ["RAY_TMPDIR"] = temp_dir
     start = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp_dir,
-             _node_ip_address="127.0.0.1")
+    connect(None, Resources(workers=2))  # the local Ray `evomerge search --workers 2` starts
     ray_init_s = time.perf_counter() - start
 
     def evaluator() -> CpuTimed:

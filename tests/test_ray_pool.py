@@ -24,7 +24,7 @@ from search_fakes import ITEM_IDS, ToyEvaluator, toy_space  # noqa: E402
 
 from evomerge.distributed.devices import pick_device, takes_device, torch_threads  # noqa: E402
 from evomerge.distributed.pool import EvalResult  # noqa: E402
-from evomerge.distributed.ray_pool import RayPool  # noqa: E402
+from evomerge.distributed.ray_pool import RayPool, connect  # noqa: E402
 from evomerge.errors import UserError  # noqa: E402
 from evomerge.search.engines.base import candidate_id  # noqa: E402
 from evomerge.search.runner import run_search  # noqa: E402
@@ -56,14 +56,17 @@ def test_threads_follow_whole_cpus_and_device_reaches_factories_that_take_it():
 
 @pytest.fixture(scope="module")
 def ray_session():
-    """A local Ray on loopback with 2 CPUs, its temp dir short (socket paths) and removed after."""
+    """The pool's own local Ray for 2 workers (loopback, 2 CPUs), its temp dir short (socket
+    paths) and removed after; shared by every pool of the module."""
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp_dir,
-             _node_ip_address="127.0.0.1")
+    saved = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = temp_dir
+    assert connect(None, Resources(workers=2)) and ray.cluster_resources()["CPU"] == 2
     for module in (sys.modules[__name__], search_fakes):  # test code is not importable in workers
         ray.cloudpickle.register_pickle_by_value(module)
     yield
     ray.shutdown()
+    os.environ.pop("RAY_TMPDIR") if saved is None else os.environ.update(RAY_TMPDIR=saved)
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
@@ -112,6 +115,7 @@ def test_workers_build_once_stream_results_and_stop_on_close(ray_session, tmp_pa
     info = pool.worker_info()
     assert pool.capacity == 2 and len({i["pid"] for i in info}) == 2
     assert all(i["device"] == "cpu" and i["threads"] == 1 and i["omp_wait_policy"] == "PASSIVE" for i in info)
+    assert all(i["nice"] == os.nice(0) for i in info)  # as the driver: not Ray's default background priority
 
     pool.submit("slow", {"sleep": 1.5, "acc": 0.1})
     pool.submit("quick", {"acc": 0.2})

@@ -53,7 +53,7 @@ class EvalWorker:
         import torch
 
         return {"pid": os.getpid(), "device": self.device, "threads": torch.get_num_threads(),
-                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "nice": os.nice(0)}
 
     def evaluate(self, candidate_id: str, recipe: dict) -> EvalResult:
         return safe_evaluate(self.evaluator, candidate_id, recipe)
@@ -70,16 +70,18 @@ class _Job:
 
 
 def connect(address: str | None, resources: Resources) -> bool:
-    """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start a local Ray sized for the
-    workers; no-op when Ray is already initialized. Returns whether this call started Ray."""
+    """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start a local Ray on 127.0.0.1
+    sized for the workers (temp dir from ``RAY_TMPDIR``); no-op when Ray is already initialized.
+    Returns whether this call started Ray."""
     if ray.is_initialized():
         return False
     target = address or os.environ.get("RAY_ADDRESS")
     if target:
         ray.init(address=target, log_to_driver=False)
-    else:
+    else:  # workers at normal priority: Ray's default (nice 15) leaves them only what other processes spare
         ray.init(num_cpus=max(1, round(resources.workers * resources.cpus_per_worker)),
-                 include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+                 include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
+                 _system_config={"worker_niceness": 0})
     how = "joined the Ray cluster" if target else "started a local Ray"
     log(f"{how} at {ray.get_runtime_context().gcs_address} for {resources.workers} workers")
     return True
@@ -155,7 +157,7 @@ class RayPool(Pool):
         self._start_worker()
 
     def worker_info(self) -> list[dict[str, Any]]:
-        """Each worker's pid, device, torch threads and OpenMP wait policy (of an idle pool; waits
+        """Each worker's pid, device, torch threads, OpenMP wait policy and niceness (of an idle pool; waits
         for start-up, so it also times it)."""
         self._await_workers()
         return ray.get([a.info.remote() for a in self._idle])
