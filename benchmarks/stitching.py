@@ -7,7 +7,7 @@ For each pair (A's front -> map -> B's back) on its evaluation task:
 2. Zero-shot accuracy of every registered aligner at every point, unconditioned.
 3. At the best point (chosen on the validation split): conditioning none / class / transformation.
 4. Tuning: stitch-tuned (only the map trains) and partial fine-tune (map + B's next layer), for the
-   best zero-shot aligner at the best point, and for rank-2 / rank-4 maps at the late point (the
+   best zero-shot aligner at the best point, and for rank-2 / rank-4 / rank-8 maps at the late point (the
    low-parameter stitches).
 5. Held-out conditions: a map fitted on class conditions 0-4 only, scored on classes 5-9, against
    a map fitted on all ten classes (and unconditioned fits on the same items).
@@ -157,8 +157,8 @@ def main() -> None:
         for al in COND_ALIGNERS:
             for cond in ("class", "transformation"):
                 zero_shot("conditioning", al, depth, cond)
-        # 4. tuning: the best zero-shot aligner at the best point; rank-2 and rank-4 maps at the late point
-        variants = [(best["aligner"], depth, None), ("lowrank", "late", {"rank": 2}), ("lowrank", "late", {"rank": 4})]
+        # 4. tuning: the best zero-shot aligner at the best point; rank-2/4/8 maps at the late point
+        variants = [(best["aligner"], depth, None)] + [("lowrank", "late", {"rank": r}) for r in (2, 4, 8)]
         for al, at, params in variants:
             label = al + "".join(f"({k}={v})" for k, v in (params or {}).items())
             model, fit_s = build(al, at, "none", params)
