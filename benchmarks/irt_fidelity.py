@@ -3,15 +3,17 @@
 1. Pools, every candidate evaluated on the full validation split: *diverse* = the random-engine run
    ``runs/calib_random`` (made by the command in docs/irt.md if missing), *close* = the last
    ``CLOSE`` candidates of a full-fitness TPE search (step 3's).
-2. A bank is calibrated (``calibrate``, mml) on ``N_TRAIN`` diverse candidates; on the other
-   diverse ones and on the close pool, for each estimator × anchor selection × K (seeds 0-2 for the
+2. Two banks are calibrated on ``N_TRAIN`` diverse candidates: the unidimensional 2PL (``mml``) and
+   the multidimensional one (``mirt``, D = 2 or 3 by held-out likelihood); on the other diverse ones
+   and on the close pool, for each bank × estimator × anchor selection × K (seeds 0-2 for the
    seeded selections), the estimate is compared with the full validation accuracy: MAE in points,
    Spearman and Kendall (scipy), top-1 agreement on the close pool, cost reduction = 5,000 ÷ items.
    Adaptive (p-IRT, threshold = the running best true accuracy in search order, as the search's
    verified incumbent) against fixed random anchors of the same average cost, on the close pool.
-3. The default space searched with TPE (seed 0, ``BUDGET`` candidates) with full fitness and with
-   IRT fitness from the shipped bank (``IRT_FITNESS`` variants): the winner's full-test accuracy and
-   the item evaluations.
+3. The default space searched with TPE (seed 0, ``BUDGET`` candidates) with full fitness (reused when
+   its run folder is complete: the search is deterministic given the space and seed) and with IRT
+   fitness from the shipped bank (``IRT_FITNESS`` variants): the winner's full-test accuracy and the
+   item evaluations.
 
     OMP_NUM_THREADS=1 python benchmarks/irt_fidelity.py
 """
@@ -36,7 +38,7 @@ from evomerge.fitness.adaptive import adaptive_evaluate
 from evomerge.fitness.anchors import ANCHORS
 from evomerge.fitness.calibrate import calibrate
 from evomerge.fitness.estimators import ESTIMATORS, recipe_prior
-from evomerge.fitness.irt.ability import estimate_theta
+from evomerge.fitness.irt.ability import estimate_ability
 from evomerge.fitness.responses import read_responses
 from evomerge.recipe.evaluator import recipe_mixing
 from evomerge.search.runner import run_search
@@ -53,16 +55,20 @@ BUDGET = 200
 KS = (25, 50, 100, 200)
 SEEDS = (0, 1, 2)
 BANK = str(ROOT / "item_banks" / "mnist1d_all.json")
+BACKENDS = ("mml", "mirt")  # the banks compared: unidimensional 2PL, multidimensional 2PL
 IRT_FITNESS = {  # search variants: adaptive p-IRT, and the best fixed setting of the fidelity table
     "pirt_adaptive": {"estimator": "pirt", "bank": BANK, "items": 50, "anchors": "stratified", "adaptive": True,
                       "batch": 10, "max_items": 200, "recalibrate_every": 50},
-    "gpirt_k100": {"estimator": "gpirt", "bank": BANK, "items": 100, "anchors": "stratified", "recalibrate_every": 50},
+    "greg_k100": {"estimator": "greg", "bank": BANK, "items": 100, "anchors": "neyman", "recalibrate_every": 50},
 }
 ADAPTIVE = ((25, 100), (25, 200), (50, 400))  # (anchors, max_items)
 
 
-def search(space: SearchSpace, run_dir: Path) -> dict[str, Any]:
-    """Run a search in-process from scratch (what ``evomerge search`` does)."""
+def search(space: SearchSpace, run_dir: Path, reuse: bool = False) -> dict[str, Any]:
+    """Run a search in-process from scratch (what ``evomerge search`` does), or reuse a complete one."""
+    summary = run_dir / "summary.json"
+    if reuse and summary.exists() and json.loads(summary.read_text())["complete"]:
+        return json.loads(summary.read_text())
     shutil.rmtree(run_dir, ignore_errors=True)
     factory, final_eval, item_ids = recipe_evaluation(space)
     with InProcessPool(factory) as pool:
@@ -93,25 +99,40 @@ def rank_metrics(est: np.ndarray, truth: np.ndarray) -> dict[str, float]:
             "kendall": float(kendalltau(est, truth)[0]), "top1": float(np.argmax(est) == np.argmax(truth))}
 
 
-def fidelity(space: SearchSpace, close_run: Path) -> tuple[list[dict], list[dict]]:
+def fidelity(space: SearchSpace, close_run: Path) -> tuple[list[dict], list[dict], dict[str, dict]]:
     diverse = read_responses([DIVERSE], TASK)
     close = read_responses([close_run], TASK)
     y_close = close.values[-CLOSE:]
     rng = np.random.default_rng(0)
     order = rng.permutation(len(diverse.values))
     y_train, y_held = diverse.values[order[:N_TRAIN]], diverse.values[order[N_TRAIN:]]
-    start = time.perf_counter()
-    cal = calibrate(y_train, holdout=0.2, seed=0)
-    print(f"calibrated on {N_TRAIN} diverse candidates in {time.perf_counter() - start:.1f}s: "
-          f"held-out AUC {cal.diagnostics['heldout_auc']:.3f}, accuracy MAE {cal.diagnostics['heldout_mae']:.4f}")
-    params, mae = cal.fit.params, cal.diagnostics["heldout_mae"]
-    thetas = {m: estimate_theta(params, a)[0] for m, a in source_answers(space).items()}
-    all_recipes = recipes(DIVERSE) | recipes(close_run)
     held_names = [diverse.candidates[i] for i in order[N_TRAIN:]]
     pools = {"diverse": (y_held, held_names), "close": (y_close, close.candidates[-CLOSE:])}
-    priors = {name: recipe_prior(*zip(*[(thetas[m], c) for m, c in recipe_mixing(all_recipes[name], TASK).items()]))
-              for y, names in pools.values() for name in names}
-    pop_theta = float(cal.fit.theta.mean())
+    all_recipes = recipes(DIVERSE) | recipes(close_run)
+    answers = source_answers(space)
+    rows, adaptive_rows, calibrations = [], [], {}
+    for backend in BACKENDS:
+        start = time.perf_counter()
+        cal = calibrate(y_train, backend=backend, holdout=0.2, seed=0)
+        d = cal.diagnostics
+        print(f"{backend}: calibrated on {N_TRAIN} diverse candidates in {time.perf_counter() - start:.1f}s: D = {d['dim']}, "
+              f"held-out log-lik {d['heldout_loglik']:.3f} (item means {d['heldout_loglik_item_means']:.3f}), "
+              f"AUC {d['heldout_auc']:.3f}, accuracy MAE {d['heldout_mae']:.4f}", flush=True)
+        calibrations[backend] = d
+        thetas = {m: estimate_ability(cal.fit.params, a)[0] for m, a in answers.items()}
+        priors = {name: recipe_prior(*zip(*[(thetas[m], c) for m, c in recipe_mixing(all_recipes[name], TASK).items()]))
+                  for y, names in pools.values() for name in names}
+        bank_rows, bank_adaptive = bank_fidelity(cal, pools, priors, y_close)
+        rows += [{"bank": backend, **r} for r in bank_rows]
+        adaptive_rows += [{"bank": backend, **r} for r in bank_adaptive]
+    return rows, adaptive_rows, calibrations
+
+
+def bank_fidelity(cal: Any, pools: dict[str, tuple[np.ndarray, list[str]]], priors: dict[str, Any],
+                  y_close: np.ndarray) -> tuple[list[dict], list[dict]]:
+    """The fidelity rows and the adaptive-vs-fixed rows of one calibrated bank."""
+    params, mae = cal.fit.params, cal.diagnostics["heldout_mae"]
+    pop_theta = cal.fit.theta.mean(axis=0)
     rows = []
     for selector in ANCHORS.names():
         for k in KS:
@@ -155,24 +176,24 @@ def main() -> None:
     ensure_diverse(space)
     tpe = with_overrides(space, **{"engine.name": "optuna_tpe", "seed": 0, "budget.evaluations": BUDGET})
     runs = ROOT / "runs"
-    full = search(tpe, runs / "irt_bench_full")
+    full = search(tpe, runs / "irt_bench_full", reuse=True)
     irt = {name: search(with_overrides(tpe, fitness=f), runs / f"irt_bench_{name}") for name, f in IRT_FITNESS.items()}
-    rows, adaptive_rows = fidelity(space, runs / "irt_bench_full")
+    rows, adaptive_rows, calibrations = fidelity(space, runs / "irt_bench_full")
 
     print(f"\nFidelity (estimate vs full validation accuracy); diverse: {300 - N_TRAIN} held-out random "
           f"candidates, close: the last {CLOSE} of a TPE search; seeded selections averaged over seeds {SEEDS}")
-    print(f"{'estimator':9} {'anchors':10} {'K':>4} {'x fewer':>7} | {'MAE pt':>6} {'Spear':>6} {'Kendall':>7} | "
+    print(f"{'bank':4} {'estimator':9} {'anchors':10} {'K':>4} {'x fewer':>7} | {'MAE pt':>6} {'Spear':>6} {'Kendall':>7} | "
           f"{'close Sp':>8} {'Kendall':>7} {'top-1':>5}")
     for r in rows:
-        print(f"{r['estimator']:9} {r['anchors']:10} {r['k']:4d} {r['cost_reduction']:7.1f} | {r['diverse_mae_points']:6.2f} "
+        print(f"{r['bank']:4} {r['estimator']:9} {r['anchors']:10} {r['k']:4d} {r['cost_reduction']:7.1f} | {r['diverse_mae_points']:6.2f} "
               f"{r['diverse_spearman']:6.3f} {r['diverse_kendall']:7.3f} | {r['close_spearman']:8.3f} "
               f"{r['close_kendall']:7.3f} {r['close_top1']:5.2f}")
     print("\nAdaptive (p-IRT from random anchors, threshold = running best) vs fixed random anchors of the same "
           "average cost, close pool")
-    print(f"{'K0':>3} {'cap':>4} {'seed':>4} {'items':>6} | {'adaptive Sp':>11} {'Kendall':>7} {'top-1':>5} | "
+    print(f"{'bank':4} {'K0':>3} {'cap':>4} {'seed':>4} {'items':>6} | {'adaptive Sp':>11} {'Kendall':>7} {'top-1':>5} | "
           f"{'fixed Sp':>8} {'Kendall':>7} {'top-1':>5}")
     for r in adaptive_rows:
-        print(f"{r['anchors']:3d} {r['max_items']:4d} {r['seed']:4d} {r['mean_items']:6.1f} | {r['adaptive_spearman']:11.3f} "
+        print(f"{r['bank']:4} {r['anchors']:3d} {r['max_items']:4d} {r['seed']:4d} {r['mean_items']:6.1f} | {r['adaptive_spearman']:11.3f} "
               f"{r['adaptive_kendall']:7.3f} {r['adaptive_top1']:5.2f} | {r['fixed_spearman']:8.3f} "
               f"{r['fixed_kendall']:7.3f} {r['fixed_top1']:5.2f}")
 
@@ -193,9 +214,12 @@ def main() -> None:
     summary = {
         "mae_points": best["diverse_mae_points"], "spearman": best["diverse_spearman"],
         "cost_reduction": best["cost_reduction"], "close_pool_top1": best["close_top1"],
-        "best_setting": {k: best[k] for k in ("estimator", "anchors", "k")},
-        "adaptive_close_spearman": float(np.mean([r["adaptive_spearman"] for r in adaptive_rows])),
-        "fixed_close_spearman": float(np.mean([r["fixed_spearman"] for r in adaptive_rows])),
+        "best_setting": {k: best[k] for k in ("bank", "estimator", "anchors", "k")},
+        "calibration": calibrations,
+        "adaptive_close_spearman": {b: float(np.mean([r["adaptive_spearman"] for r in adaptive_rows if r["bank"] == b]))
+                                    for b in BACKENDS},
+        "fixed_close_spearman": {b: float(np.mean([r["fixed_spearman"] for r in adaptive_rows if r["bank"] == b]))
+                                 for b in BACKENDS},
         "full_search_test_accuracy": searches[0]["winner_full_test_accuracy"],
         "irt_search_test_accuracy": {s["fitness"]: s["winner_full_test_accuracy"] for s in searches[1:]},
         "irt_search_item_share": {s["fitness"]: s["item_share"] for s in searches[1:]},

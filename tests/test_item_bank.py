@@ -47,7 +47,26 @@ def test_round_trip(run_dir, bank_file):
     assert bank.item_ids == IDS and bank.task == "mnist1d/all" and bank.backend == "mml"
     assert bank.sources[0].responses_sha256 == matrix.sources[0].responses_sha256
     assert bank.diagnostics["n_heldout"] == 30 and 0.5 < bank.diagnostics["heldout_auc"] <= 1
-    assert json.loads(bank_file.read_text())["format_version"] == 1
+    assert json.loads(bank_file.read_text())["format_version"] == 2
+
+
+def test_multidimensional_bank_round_trips_and_old_banks_load(run_dir, bank_file, tmp_path):
+    matrix = read_responses([run_dir], "mnist1d/all")
+    cal = calibrate(matrix.values, backend="mirt", holdout=0.2, seed=0)
+    assert cal.diagnostics["dim"] in (2, 3) and "heldout_loglik_dim3" in cal.diagnostics
+    path = save_bank(bank_from_calibration(cal, matrix), tmp_path / "mirt.json")
+    bank = load_bank(path, task_item_ids=IDS)
+    assert bank.model == "mirt" and bank.dim == cal.diagnostics["dim"] == bank.params.dim
+    np.testing.assert_allclose(bank.params.a, cal.fit.params.a)
+    np.testing.assert_allclose(bank.params.b, cal.fit.params.b)
+    version_1 = corrupt(bank_file, tmp_path, lambda r: (r.update(format_version=1), r.pop("dim")))
+    np.testing.assert_allclose(load_bank(version_1).params.a, load_bank(bank_file).params.a)
+    with pytest.raises(ConfigError, match=r"items.5.a: expected a list of dim loadings"):
+        load_bank(corrupt(path, tmp_path, lambda r: r["items"][5].update(a=1.0)))
+    with pytest.raises(ConfigError, match=r"model 'mirt' needs format_version >= 2"):
+        load_bank(corrupt(path, tmp_path, lambda r: r.update(format_version=1)))
+    with pytest.raises(ConfigError, match=r"items.2.a: expected a discrimination > 0"):
+        load_bank(corrupt(bank_file, tmp_path, lambda r: r["items"][2].update(a=-0.5)))
 
 
 def corrupt(bank_file, tmp_path, edit):

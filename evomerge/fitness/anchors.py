@@ -5,11 +5,17 @@ Every selector is ``f(params, k, *, seed=0, theta=0.0) -> Anchors`` (``theta`` i
 
 - ``random``: K items uniformly without replacement, weights 1/K.
 - ``stratified``: items sorted by difficulty b and cut into K equal-count strata; one random item
-  per stratum, weighted by its stratum's share of the bank.
+  per stratum, weighted by its stratum's share of the bank. In D > 1 dimensions the strata also
+  cover the dimensions: items are first grouped by loading direction (k-means on a/‖a‖, D
+  groups), K is shared among the groups in proportion to their size (largest remainders), and
+  each group is cut into its own difficulty strata.
+- ``neyman``: ``stratified`` with Neyman's optimal allocation (Cochran 1977, §5.5): strata hold
+  equal Σ S_i, S_i = (E_θ[P_i (1 − P_i)])^½ the item's response sd over the N(0, I) population,
+  so items everyone answers alike are covered by few anchors and uncertain ones by many.
 - ``kmeans`` (Polo et al. 2024, tinyBenchmarks "anchor points"): k-means on the item embeddings
-  (a, b); the anchor of each cluster is the item nearest its centroid, weighted by the cluster's
-  share of the bank.
-- ``fisher``: the K items of largest information a² P (1 − P) at ability ``theta`` (e.g. the
+  (a, b) (a the D loadings in D dimensions); the anchor of each cluster is the item nearest its
+  centroid, weighted by the cluster's share of the bank.
+- ``fisher``: the K items of largest information ‖a‖² P (1 − P) at ability ``theta`` (e.g. the
   population's mean ability), weights 1/K. Not a sample: use it with IRT estimators, not ``mean``.
 """
 
@@ -23,7 +29,8 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import pairwise_distances_argmin
 
 from evomerge.errors import UserError
-from evomerge.fitness.irt.model import ItemParams, information
+from evomerge.fitness.irt.mirt import N_QUAD, product_grid
+from evomerge.fitness.irt.model import ItemParams, information, prob
 from evomerge.registry import Registry
 
 
@@ -57,16 +64,57 @@ def random_anchors(params: ItemParams, k: int, *, seed: int = 0, **_: object) ->
 @ANCHORS.register("stratified")
 def stratified_anchors(params: ItemParams, k: int, *, seed: int = 0, **_: object) -> Anchors:
     _check_k(params, k)
+    return _stratify(params, k, seed, np.ones(len(params)))
+
+
+@ANCHORS.register("neyman")
+def neyman_anchors(params: ItemParams, k: int, *, seed: int = 0, **_: object) -> Anchors:
+    _check_k(params, k)
+    return _stratify(params, k, seed, item_sd(params))
+
+
+def item_sd(params: ItemParams) -> np.ndarray:
+    """S_i = (E_θ[P_i(θ)(1 − P_i(θ))])^½ over θ ~ N(0, I) (the bank's scale), by quadrature."""
+    nodes, log_w = product_grid(params.dim, N_QUAD.get(params.dim, 41 if params.dim == 1 else 7), (-4.0, 4.0))
+    p = prob(nodes[:, 0] if params.dim == 1 else nodes, params)
+    return np.sqrt(np.exp(log_w) @ (p * (1 - p)))
+
+
+def _stratify(params: ItemParams, k: int, seed: int, size: np.ndarray) -> Anchors:
+    """One random item per stratum; strata cut along b within direction groups at equal Σ ``size``.
+
+    K is shared among the groups in proportion to their Σ ``size`` (largest remainders); a stratum
+    h weighs N_h / N. ``size`` = 1 gives equal-count strata, ``size`` = S_i Neyman's allocation.
+    """
     rng = np.random.default_rng(seed)
-    strata = np.array_split(np.argsort(params.b, kind="stable"), k)
+    size = np.maximum(size, 1e-12)
+    groups = _direction_groups(params, k, seed)
+    quota = np.array([size[g].sum() for g in groups]) * k / size.sum()
+    counts = np.maximum(np.floor(quota).astype(int), 0)
+    counts[np.argsort(counts - quota, kind="stable")[: k - counts.sum()]] += 1
+    strata = []
+    for g, c in zip(groups, counts):
+        ordered = g[np.argsort(params.b[g], kind="stable")]
+        cum = np.cumsum(size[ordered])
+        cuts = np.searchsorted(cum, cum[-1] * np.arange(1, c) / c, side="right")
+        strata += [s for s in np.split(ordered, np.unique(np.clip(cuts, 1, len(ordered) - 1))) if len(s)]
     items = np.array([rng.choice(s) for s in strata])
     return Anchors(items, np.array([len(s) for s in strata]) / len(params))
+
+
+def _direction_groups(params: ItemParams, k: int, seed: int) -> list[np.ndarray]:
+    """Item indices grouped by loading direction: one group in 1-D, else k-means on a/‖a‖ into min(D, K)."""
+    if params.dim == 1:
+        return [np.arange(len(params))]
+    unit = params.loadings / params.mdisc[:, None]
+    labels = KMeans(n_clusters=min(params.dim, k), n_init=4, random_state=seed).fit_predict(unit)
+    return [np.flatnonzero(labels == g) for g in range(labels.max() + 1)]
 
 
 @ANCHORS.register("kmeans")
 def kmeans_anchors(params: ItemParams, k: int, *, seed: int = 0, **_: object) -> Anchors:
     _check_k(params, k)
-    embedding = np.column_stack([params.a, params.b])
+    embedding = np.column_stack([params.loadings, params.b])
     km = KMeans(n_clusters=k, n_init=1, random_state=seed).fit(embedding)
     nearest = pairwise_distances_argmin(km.cluster_centers_, embedding)
     sizes = np.bincount(km.labels_, minlength=k) / len(params)

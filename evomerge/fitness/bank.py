@@ -1,10 +1,15 @@
 """Item bank files (``item_banks/NAME.json``): calibrated 2PL items by stable id, validated on load.
 
-A bank holds the format version, the model and its convention (P = σ(a (θ − b)), see
-:mod:`evomerge.fitness.irt.model`), the task split, the items (id ``dataset/condition/split/
-index/hash10``, a, b, flags), the runs it was fitted on with the hashes of their files, the fit
-diagnostics and the backend. :func:`load_bank` validates with pydantic and turns every problem
-into a :class:`~evomerge.errors.ConfigError` naming the file, the field and the reason.
+A bank holds the format version, the model and its convention (see
+:mod:`evomerge.fitness.irt.model`), the number of ability dimensions, the task split, the items
+(id ``dataset/condition/split/index/hash10``, a, b, flags), the runs it was fitted on with the
+hashes of their files, the fit diagnostics and the backend. :func:`load_bank` validates with
+pydantic and turns every problem into a :class:`~evomerge.errors.ConfigError` naming the file,
+the field and the reason.
+
+Format 2 adds ``dim`` and the model ``mirt`` (P = σ(a·θ − ‖a‖ b), ``a`` a list of D loadings,
+``b`` the multidimensional difficulty); ``2pl`` items keep a scalar ``a > 0``. Format 1 files
+(always ``2pl``, no ``dim``) still load.
 """
 
 from __future__ import annotations
@@ -17,16 +22,21 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evomerge.errors import ConfigError
 from evomerge.fitness.calibrate import Calibration
 from evomerge.fitness.irt.model import ItemParams
 from evomerge.fitness.responses import ResponseMatrix
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CONVENTION = "P = sigmoid(a * (theta - b))"
+MIRT_CONVENTION = "P = sigmoid(a . theta - |a| * b)"
 ITEM_ID = r"^[^/\s]+/[^/\s]+/[^/\s]+/\d+/[0-9a-f]{10}$"
+
+
+#: Location tags pydantic adds for the members of ``BankItem.a``'s union, left out of error messages.
+_UNION_TAGS = ("float", "list[float]")
 
 
 class _Strict(BaseModel):
@@ -35,7 +45,7 @@ class _Strict(BaseModel):
 
 class BankItem(_Strict):
     id: str = Field(pattern=ITEM_ID)
-    a: float = Field(gt=0)
+    a: float | list[float]
     b: float
     flags: list[Literal["all_correct", "all_wrong", "unanswered"]] = []
 
@@ -52,9 +62,10 @@ class ItemBank(_Strict):
 
     model_config = ConfigDict(ignored_types=(cached_property,))
 
-    format_version: Literal[1]
-    model: Literal["2pl"] = "2pl"
-    convention: Literal["P = sigmoid(a * (theta - b))"] = CONVENTION
+    format_version: Literal[1, 2]
+    model: Literal["2pl", "mirt"] = "2pl"
+    convention: Literal["P = sigmoid(a * (theta - b))", "P = sigmoid(a . theta - |a| * b)"] = CONVENTION
+    dim: int = Field(default=1, ge=1)
     task: str
     split: Literal["val", "test"]
     backend: str
@@ -72,6 +83,23 @@ class ItemBank(_Strict):
             seen.add(item.id)
         return items
 
+    @model_validator(mode="after")
+    def _consistent_model(self) -> ItemBank:
+        mirt = self.model == "mirt"
+        expected = (2, MIRT_CONVENTION, "a list of dim loadings with a nonzero norm") if mirt else \
+            (1, CONVENTION, "a discrimination > 0")
+        if self.format_version < expected[0] or self.convention != expected[1] or mirt != (self.dim > 1):
+            raise ValueError(f"model {self.model!r} needs format_version >= {expected[0]}, convention "
+                             f"{expected[1]!r} and dim {'> 1' if mirt else '1'}; got {self.format_version}, "
+                             f"{self.convention!r}, dim {self.dim}")
+        for k, item in enumerate(self.items):
+            a = np.atleast_1d(np.asarray(item.a, dtype=float))
+            ok = (isinstance(item.a, list) and len(a) == self.dim and np.linalg.norm(a) > 0) if mirt \
+                else (not isinstance(item.a, list) and a[0] > 0)
+            if not ok:
+                raise ValueError(f"items.{k}.a: expected {expected[2]} for model {self.model!r}, got {item.a!r}")
+        return self
+
     @cached_property
     def params(self) -> ItemParams:
         return ItemParams(np.array([i.a for i in self.items]), np.array([i.b for i in self.items]))
@@ -84,11 +112,13 @@ class ItemBank(_Strict):
 def bank_from_calibration(calibration: Calibration, matrix: ResponseMatrix) -> ItemBank:
     """Assemble a bank from a calibration of ``matrix``."""
     params = calibration.fit.params
-    items = [BankItem(id=i, a=float(a), b=float(b), flags=f)
+    items = [BankItem(id=i, a=a.tolist() if params.dim > 1 else float(a), b=float(b), flags=f)
              for i, a, b, f in zip(matrix.item_ids, params.a, params.b, calibration.flags)]
     diagnostics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                    for k, v in calibration.diagnostics.items()}
-    return ItemBank(format_version=FORMAT_VERSION, task=matrix.task, split=matrix.split,
+    mirt = params.dim > 1
+    return ItemBank(format_version=FORMAT_VERSION, model="mirt" if mirt else "2pl",
+                    convention=MIRT_CONVENTION if mirt else CONVENTION, dim=params.dim, task=matrix.task, split=matrix.split,
                     backend=calibration.fit.backend, items=items,
                     sources=[BankSource(**vars(s)) for s in matrix.sources], diagnostics=diagnostics)
 
@@ -113,7 +143,7 @@ def load_bank(path: str | Path, task_item_ids: Sequence[str] | None = None) -> I
         bank = ItemBank.model_validate(raw)
     except ValidationError as err:
         first = err.errors()[0]
-        field = ".".join(map(str, first["loc"])) or "(root)"
+        field = ".".join(str(k) for k in first["loc"] if k not in _UNION_TAGS) or "(root)"
         more = f" (and {err.error_count() - 1} more problems)" if err.error_count() > 1 else ""
         raise ConfigError(str(path), field, first["msg"] + more, first.get("input")) from None
     if task_item_ids is not None and bank.item_ids != list(task_item_ids):

@@ -7,7 +7,9 @@ Over all predicted responses we report the mean log-likelihood (−sklearn ``log
 (sklearn ``roc_auc_score``) and, per candidate and half, the absolute error of the predicted
 accuracy (``heldout_mae``, the bias scale gp-IRT uses). The same log-likelihood with each item
 predicted by its training-set mean is reported beside it as the no-ability baseline. The bank's
-parameters come from a final fit on every candidate.
+parameters come from a final fit on every candidate. A multidimensional backend (``mirt``) is
+fitted on the training candidates in each of its dimensions (``DIMS``, 2 and 3) and the final
+fit takes the D of the largest held-out log-likelihood (``dim`` fixes it instead).
 
 Items every candidate answered the same way (or nobody answered) are kept, with their bounded
 parameters, and flagged: ``all_correct``, ``all_wrong``, ``unanswered``.
@@ -22,8 +24,8 @@ import numpy as np
 from sklearn.metrics import log_loss, roc_auc_score
 
 from evomerge.errors import UserError
-from evomerge.fitness.irt.ability import estimate_theta
-from evomerge.fitness.irt.backends import DEFAULT_BACKEND, fit
+from evomerge.fitness.irt.ability import estimate_ability
+from evomerge.fitness.irt.backends import DEFAULT_BACKEND, DIMS, fit
 from evomerge.fitness.irt.fit import FitBounds, IRTFit
 from evomerge.fitness.irt.model import ItemParams, prob
 
@@ -60,7 +62,7 @@ def _split_half_predictions(
         perm = rng.permutation(answered)
         halves = (perm[: len(perm) // 2], perm[len(perm) // 2:])
         for seen, unseen in (halves, halves[::-1]):
-            theta, _ = estimate_theta(params.subset(seen), row[seen])
+            theta, _ = estimate_ability(params.subset(seen), row[seen])
             p = prob(theta, params.subset(unseen))
             observed.append(row[unseen])
             predicted.append(p)
@@ -75,6 +77,7 @@ def calibrate(
     holdout: float = 0.2,
     seed: int = 0,
     bounds: FitBounds = FitBounds(),
+    dim: int | None = None,
 ) -> Calibration:
     """Fit a 2PL to ``responses`` (candidates × items, 0/1/NaN) and report held-out fit quality."""
     y = np.asarray(responses, dtype=float)
@@ -92,24 +95,31 @@ def calibrate(
         "backend": backend, "n_candidates": len(y), "n_items": y.shape[1],
         "n_responses": int((~np.isnan(y)).sum()), "n_train": len(train), "n_heldout": n_held,
     }
+    dims = DIMS.get(backend, (1,)) if dim is None else (dim,)
     if n_held:
-        train_fit = fit(y[train], backend, bounds)
-        obs, pred, abs_err = _split_half_predictions(train_fit.params, y[held], rng)
-        pred = np.clip(pred, EPS, 1 - EPS)
         item_mean = np.clip(np.nan_to_num(np.nanmean(y[train], axis=0), nan=0.5), EPS, 1 - EPS)
         baseline = np.concatenate([np.broadcast_to(item_mean, row.shape)[~np.isnan(row)] for row in y[held]])
         obs_by_row = np.concatenate([row[~np.isnan(row)] for row in y[held]])
-        diagnostics |= {
-            "heldout_loglik": float(-log_loss(obs, pred, labels=[0, 1])),
-            "heldout_loglik_item_means": float(-log_loss(obs_by_row, baseline, labels=[0, 1])),
-            "heldout_auc": float(roc_auc_score(obs, pred)) if len(np.unique(obs)) == 2 else float("nan"),
-            "heldout_mae": float(np.mean(abs_err)),
-        }
+        by_dim, split_seed = {}, int(rng.integers(2**32))
+        for d in dims:  # the same split halves for every D
+            obs, pred, abs_err = _split_half_predictions(fit(y[train], backend, bounds, d).params, y[held],
+                                                         np.random.default_rng(split_seed))
+            pred = np.clip(pred, EPS, 1 - EPS)
+            by_dim[d] = {
+                "heldout_loglik": float(-log_loss(obs, pred, labels=[0, 1])),
+                "heldout_auc": float(roc_auc_score(obs, pred)) if len(np.unique(obs)) == 2 else float("nan"),
+                "heldout_mae": float(np.mean(abs_err)),
+            }
+        dim = max(by_dim, key=lambda d: by_dim[d]["heldout_loglik"])
+        diagnostics |= by_dim[dim] | {"heldout_loglik_item_means": float(-log_loss(obs_by_row, baseline, labels=[0, 1]))}
+        if len(dims) > 1:
+            diagnostics |= {f"heldout_loglik_dim{d}": m["heldout_loglik"] for d, m in by_dim.items()}
+    dim = dims[0] if dim is None else dim
     start = time.perf_counter()
-    final = fit(y, backend, bounds)
+    final = fit(y, backend, bounds, dim)
     flags = item_flags(y)
     diagnostics |= {
         "fit_wall_s": time.perf_counter() - start, "n_iter": final.n_iter, "converged": final.converged,
-        "n_flagged": sum(bool(f) for f in flags),
+        "n_flagged": sum(bool(f) for f in flags), "dim": dim,
     }
     return Calibration(final, flags, diagnostics)

@@ -33,7 +33,7 @@ from evomerge.fitness.adaptive import ADAPTIVE_ESTIMATORS, adaptive_evaluate, re
 from evomerge.fitness.anchors import ANCHORS, Anchors
 from evomerge.fitness.bank import ItemBank, load_bank
 from evomerge.fitness.estimators import ESTIMATORS, recipe_prior
-from evomerge.fitness.irt.ability import ThetaPrior, estimate_theta
+from evomerge.fitness.irt.ability import ThetaPrior, estimate_ability
 from evomerge.fitness.irt.model import ItemParams
 from evomerge.fitness.responses import read_responses
 from evomerge.search.space import FitnessSettings
@@ -97,12 +97,12 @@ class BankFitness:
         self.incumbent: float | None = None
         self.refits = 0
         self.source_answers: dict[str, np.ndarray] = {}
-        self.source_thetas: dict[str, float] = {}
+        self.source_thetas: dict[str, float | np.ndarray] = {}
 
     def set_sources(self, answers: Mapping[str, np.ndarray]) -> None:
         """Source models' full answers on the bank's items; their abilities anchor ``mpirt``'s prior."""
         self.source_answers = {m: np.asarray(a, dtype=float) for m, a in answers.items()}
-        self.source_thetas = {m: estimate_theta(self.params, a)[0] for m, a in self.source_answers.items()}
+        self.source_thetas = {m: estimate_ability(self.params, a)[0] for m, a in self.source_answers.items()}
 
     def prior(self, mixing: Mapping[str, float]) -> ThetaPrior:
         """``mpirt``'s ability prior: the recipe's mixing of its sources' abilities (:func:`recipe_prior`)."""
@@ -141,9 +141,10 @@ class BankFitness:
         rows = np.full((len(self.rows), self.n), np.nan)
         for r, (items, correct) in enumerate(self.rows):
             rows[r, items] = correct
-        fit = recalibrate(self.history, rows, backend=self.bank.backend, holdout=0.0, seed=self.seed).fit
+        fit = recalibrate(self.history, rows, backend=self.bank.backend, holdout=0.0, seed=self.seed,
+                          dim=self.params.dim).fit
         self.params, self.refits = fit.params, self.refits + 1
         if self.settings.anchors == "fisher":
-            theta = float(fit.theta[-len(rows):].mean())
+            theta = fit.theta[-len(rows):].mean(axis=0)
             self.anchors = ANCHORS.get("fisher")(self.params, self.k, theta=theta)
         self.set_sources(self.source_answers)
