@@ -81,6 +81,13 @@ def cpu_ceiling(n: int = 2000) -> float:
     return 2 * one / two
 
 
+class Noop:
+    """An evaluator with no work: what remains per candidate is the pool's own cost."""
+
+    def evaluate(self, candidate_id: str, recipe: dict) -> EvalResult:
+        return EvalResult(candidate_id, "ok", {"accuracy/mean": 0.5})
+
+
 def candidates(space: SearchSpace, seed: int, n: int) -> Jobs:
     """``n`` candidates of the space drawn by the random engine with ``seed``."""
     engine = ENGINES.get("random")(with_overrides(space, seed=seed), state_dir=Path(tempfile.mkdtemp()))
@@ -116,11 +123,11 @@ def core_share(results: list[EvalResult]) -> dict[str, float]:
     return {"eval_wall_s": wall, "core_share": cpu / wall if wall else 0.0}
 
 
-def timed_actor_pool(space: SearchSpace, jobs: Jobs, workers: int, kill_after: int | None = None) -> dict[str, Any]:
+def timed_actor_pool(factory: Any, jobs: Jobs, workers: int, kill_after: int | None = None) -> dict[str, Any]:
     """The same jobs through ``ray.util.ActorPool`` over the same worker actors."""
     resources = Resources(workers=workers)
     start = time.perf_counter()
-    actors = [REMOTE_WORKER.options(**actor_options(resources)).remote(lambda: CpuTimed(space),
+    actors = [REMOTE_WORKER.options(**actor_options(resources)).remote(factory,
                                                                          torch_threads(1)) for _ in range(workers)]
     pids = [info["pid"] for info in ray.get([a.info.remote() for a in actors])]
     startup = time.perf_counter() - start
@@ -235,15 +242,20 @@ def main() -> None:
               f"{' ' + str(row['errors']) if row.get('errors') else ''}", flush=True)
 
     try:
-        for seed in args.seeds:
+        noop_jobs = [(f"n{i}", {}) for i in range(300)]
+        add("ray_pool_noop", 0, 2, timed_pool(lambda: RayPool(Noop, Resources(workers=2)), noop_jobs))
+        add("actor_pool_noop", 0, 2, timed_actor_pool(Noop, noop_jobs, 2))
+        for i, seed in enumerate(args.seeds):
             jobs = candidates(space, seed, args.candidates)
-            add("in_process", seed, 1, timed_pool(lambda: InProcessPool(evaluator), jobs))
-            add("ray_pool", seed, 1, timed_pool(lambda: RayPool(evaluator, Resources(workers=1)), jobs))
-            add("ray_pool", seed, 2, timed_pool(lambda: RayPool(evaluator, Resources(workers=2)), jobs))
-            add("actor_pool", seed, 2, timed_actor_pool(space, jobs, 2))
+            runs = [("in_process", 1, lambda: timed_pool(lambda: InProcessPool(evaluator), jobs)),
+                    ("ray_pool", 1, lambda: timed_pool(lambda: RayPool(evaluator, Resources(workers=1)), jobs)),
+                    ("ray_pool", 2, lambda: timed_pool(lambda: RayPool(evaluator, Resources(workers=2)), jobs)),
+                    ("actor_pool", 2, lambda: timed_actor_pool(evaluator, jobs, 2))]
+            for mode, workers, run in runs[:: -1 if i % 2 else 1]:  # alternate the order against load drift
+                add(mode, seed, workers, run())
         jobs = candidates(space, args.seeds[0], args.candidates)
         add("ray_pool_killed_worker", args.seeds[0], 2, timed_recovery(space, jobs, kill_after=4))
-        add("actor_pool_killed_worker", args.seeds[0], 2, timed_actor_pool(space, jobs, 2, kill_after=4))
+        add("actor_pool_killed_worker", args.seeds[0], 2, timed_actor_pool(evaluator, jobs, 2, kill_after=4))
         if not args.no_tune:
             try:
                 add("tune_reuse_actors", args.seeds[0], 2, timed_tune(space, jobs, 2))
@@ -266,14 +278,22 @@ def main() -> None:
     overhead_ms = [1000 * (next(r["run_s"] for r in rows if (r["mode"], r["workers"], r["seed"]) == ("ray_pool", 1, s))
                            - next(r["run_s"] for r in rows if (r["mode"], r["seed"]) == ("in_process", s)))
                    / args.candidates for s in seeds]
+    def cpu_s(mode: str, workers: int) -> float:
+        return sum(r["eval_wall_s"] * r["core_share"] for r in rows if (r["mode"], r["workers"]) == (mode, workers))
+
     summary = {
         "speedup_2_vs_1": mean(speedup),
         "speedup_2_vs_1_min": min(speedup),
         "cpu_ceiling_2_vs_1": ceiling,  # same ratio for plain processes, before and after the runs
         "speedup_vs_cpu_ceiling": mean(speedup) / mean(ceiling),
+        # CPU seconds spent evaluating the same candidates: above 1 is work the second actor adds
+        # (its own cold activation cache); the rest of a shortfall is CPU other processes hold
+        "cpu_work_2_vs_1": cpu_s("ray_pool", 2) / cpu_s("ray_pool", 1),
         "ray_overhead": mean(overhead),
         "ray_overhead_ms_per_candidate": mean(overhead_ms),
         "actor_pool_vs_ray_pool_2": mean([per_min("actor_pool", 2, s) / per_min("ray_pool", 2, s) for s in seeds]),
+        "dispatch_ms_per_candidate": {m: 1000 * next(r["run_s"] for r in rows if r["mode"] == f"{m}_noop") / 300
+                                      for m in ("ray_pool", "actor_pool")},
         "ray_init_s": ray_init_s,
         "worker_startup_s": mean([r["startup_s"] for r in rows if r["mode"] == "ray_pool"]),
         "in_process_startup_s": mean([r["startup_s"] for r in rows if r["mode"] == "in_process"]),
