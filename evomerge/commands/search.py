@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override the space's engine (deap: GA or NSGA-II by objective count; optuna: TPE)")
     p.add_argument("--budget", type=int, help="override budget.evaluations (may extend a resumed run)")
     p.add_argument("--workers", type=int, help="override resources.workers")
+    p.add_argument("--gpus-per-worker", type=float, help="override resources.gpus_per_worker (Ray assigns each worker its GPUs)")
+    p.add_argument("--ray-address", help="evaluate on the Ray cluster at this address (default: $RAY_ADDRESS if set, "
+                   "else a local Ray when --workers > 1)")
     p.add_argument("--seed", type=int, help="override the space's seed")
     p.add_argument("--run-dir", help="run folder (default runs/<space name>-<date>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
@@ -65,13 +69,14 @@ def resolve_space(args: argparse.Namespace) -> tuple[SearchSpace, Path]:
     if args.engine and engine_name(args.engine, space) != space.engine.name:
         changes["engine.name"] = engine_name(args.engine, space)
         changes["engine.settings"] = {}  # the space's settings belong to its own engine
-    for flag, field in (("budget", "budget.evaluations"), ("workers", "resources.workers"), ("seed", "seed")):
+    for flag, field in (("budget", "budget.evaluations"), ("workers", "resources.workers"),
+                        ("gpus_per_worker", "resources.gpus_per_worker"), ("seed", "seed")):
         if getattr(args, flag) is not None:
             changes[field] = getattr(args, flag)
     return (with_overrides(space, **changes) if changes else space), run_dir
 
 
-def recipe_evaluation(space: SearchSpace) -> tuple[Callable[[], Evaluator], FinalEval, dict[tuple[str, str], Sequence[str]]]:
+def recipe_evaluation(space: SearchSpace) -> tuple[Callable[..., Evaluator], FinalEval, dict[tuple[str, str], Sequence[str]]]:
     """Evaluator factory (validation split), test-split re-evaluation, and the item ids per task split."""
     from evomerge.recipe.evaluator import RecipeEvaluator  # the worker side, written by the recipe package
 
@@ -85,7 +90,10 @@ def recipe_evaluation(space: SearchSpace) -> tuple[Callable[[], Evaluator], Fina
             raise RuntimeError(result.error)
         return result.objectives
 
-    return (lambda: RecipeEvaluator(space, split="val")), final_eval, item_ids(space, "val")
+    def factory(device: str = "cpu") -> Evaluator:  # a Ray worker passes the device it was assigned
+        return RecipeEvaluator(space, split="val", device=device)
+
+    return factory, final_eval, item_ids(space, "val")
 
 
 def item_ids(space: SearchSpace, split: str) -> dict[tuple[str, str], Sequence[str]]:
@@ -98,15 +106,15 @@ def item_ids(space: SearchSpace, split: str) -> dict[tuple[str, str], Sequence[s
     return out
 
 
-def make_pool(space: SearchSpace, factory: Callable[[], Evaluator]) -> Pool:
-    if space.resources.workers == 1:
+def make_pool(space: SearchSpace, factory: Callable[..., Evaluator], ray_address: str | None = None) -> Pool:
+    if space.resources.workers == 1 and ray_address is None and space.resources.gpus_per_worker == 0:
         return InProcessPool(factory, timeout_s=space.resources.timeout_s)
     try:
         from evomerge.distributed.ray_pool import RayPool
     except ImportError:
         raise UserError(f"resources.workers = {space.resources.workers} needs the Ray pool "
                         "(evomerge.distributed.ray_pool), which is not available; use --workers 1") from None
-    return RayPool(factory, space.resources)
+    return RayPool(factory, space.resources, address=ray_address)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -117,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     log(f"{'resuming' if args.resume else 'starting'} {space.name}: engine {space.engine.name}, seed {space.seed}, "
         f"budget {space.budget.evaluations}, run folder {run_dir}")
     try:
-        with make_pool(space, factory) as pool:
+        with make_pool(space, factory, args.ray_address or os.environ.get("RAY_ADDRESS")) as pool:
             summary = run_search(space, pool, run_dir, resume=args.resume, final_eval=final_eval,
                                  item_ids=item_ids, progress=not args.no_progress)
     except KeyboardInterrupt:
