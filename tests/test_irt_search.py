@@ -109,6 +109,21 @@ def test_online_recalibration_refits_on_sources_and_run(full_run, tmp_path, monk
     assert not np.allclose(fit.params.b, fit.bank.params.b)  # the run's answers moved the items
 
 
+def test_multidimensional_bank_in_the_search(full_run, tmp_path, monkeypatch, tiny_zoo):
+    """A ``mirt`` bank (format 2) drives greg on neyman anchors and is refitted in its own D."""
+    root, full_summary, _ = full_run
+    bank = tmp_path / "mirt.json"
+    assert main(["calibrate", str(root / "full"), "--task", "digits/all", "--out", str(bank), "--backend", "mirt"]) == 0
+    fitness = irt_fitness(bank, estimator="greg", anchors="neyman", adaptive=False, recalibrate_every=12)
+    summary, ev = search(tiny_space(fitness), tmp_path / "irt", monkeypatch, tiny_zoo)
+    fit = ev.fitness["all"]
+    assert fit.bank.model == "mirt" and fit.refits == 2 and fit.params.dim == fit.bank.dim >= 2
+    assert summary["item_evaluations"] < full_summary["item_evaluations"]
+    for rec in records(tmp_path / "irt"):
+        m = rec["metrics"]
+        assert m["verified/all"] or (rec["items"] == 20 and 0 < m["accuracy_stderr/all"] < 0.5)
+
+
 def test_recalibration_needs_unchanged_source_runs(full_run, tmp_path, monkeypatch, tiny_zoo):
     root, _, bank = full_run
     copy = tmp_path / "bank.json"

@@ -78,6 +78,11 @@ def _observed(params: ItemParams, items: np.ndarray, correct: np.ndarray) -> tup
     return items, y
 
 
+def _normalised(weights: np.ndarray | None, n: int) -> np.ndarray:
+    """Anchor weights summing to one (uniform when none are given)."""
+    return np.full(n, 1.0 / n) if weights is None else np.asarray(weights, float) / np.sum(weights)
+
+
 def _predicted(params: ItemParams, items: np.ndarray, y: np.ndarray, prior: ThetaPrior,
                predict: np.ndarray) -> Estimate:
     """Observed answers plus predictions on the items masked by ``predict`` (boolean over all N)."""
@@ -95,7 +100,7 @@ def _predicted(params: ItemParams, items: np.ndarray, y: np.ndarray, prior: Thet
 def mean(params: ItemParams, items: np.ndarray, correct: np.ndarray, *, weights: np.ndarray | None = None,
          **_: object) -> Estimate:
     items, y = _observed(params, items, correct)
-    w = np.full(len(y), 1.0 / len(y)) if weights is None else np.asarray(weights, float) / np.sum(weights)
+    w = _normalised(weights, len(y))
     value = float(np.clip(w @ y, 0.0, 1.0))  # weights summing to 1 + ε must not give sqrt(< 0)
     n_eff = 1.0 / float(w @ w)
     fpc = max(0.0, 1.0 - len(y) / len(params))
@@ -136,7 +141,7 @@ def gpirt(params: ItemParams, items: np.ndarray, correct: np.ndarray, *, weights
 def greg(params: ItemParams, items: np.ndarray, correct: np.ndarray, *, weights: np.ndarray | None = None,
          prior: ThetaPrior | None = None, **_: object) -> Estimate:
     items, y = _observed(params, items, correct)
-    w = np.full(len(y), 1.0 / len(y)) if weights is None else np.asarray(weights, float) / np.sum(weights)
+    w = _normalised(weights, len(y))
     theta, _ = estimate_ability(params.subset(items), y, prior or STANDARD_PRIOR)
     p = prob(theta, params)
     resid = y - p[items]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import log_expit, logsumexp
 
 from evomerge.fitness.irt.model import ItemParams
 
@@ -32,6 +33,15 @@ class IRTFit:
     n_iter: int
     converged: bool
     backend: str
+
+
+def grid_posterior(y0: np.ndarray, wrong: np.ndarray, z: np.ndarray, log_w: np.ndarray) -> tuple[np.ndarray, float]:
+    """E-step on a quadrature grid: posterior weights π_jk ∝ w_k Π_i σ(z_ki)^y_ji σ(−z_ki)^(1−y_ji) of each
+    respondent over the nodes (``y0``/``wrong``: indicators of observed right/wrong answers, ``z`` (K, I)
+    logits at the nodes) and the marginal log-likelihood Σ_j log Σ_k (Bock & Aitkin 1981)."""
+    joint = y0 @ log_expit(z).T + wrong @ log_expit(-z).T + log_w  # (J, K)
+    marginal = logsumexp(joint, axis=1, keepdims=True)
+    return np.exp(joint - marginal), float(marginal.sum())
 
 
 def grid_posterior_moments(posterior: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

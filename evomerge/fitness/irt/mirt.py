@@ -27,10 +27,10 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-from scipy.special import expit, log_expit, logit, logsumexp
+from scipy.special import expit, logit, logsumexp
 
 from evomerge.errors import UserError
-from evomerge.fitness.irt.fit import FitBounds, IRTFit, grid_posterior_moments
+from evomerge.fitness.irt.fit import FitBounds, IRTFit, grid_posterior, grid_posterior_moments
 from evomerge.fitness.irt.model import ItemParams
 
 #: Nodes per axis by dimension: 15² = 225, 9³ = 729 nodes.
@@ -127,11 +127,8 @@ def fit_mirt(
     n_obs = max(int(observed.sum()), 1)
     last, converged, it = -np.inf, False, 0
     for it in range(1, max_iter + 1):
-        z = nodes @ a.T - d  # (K, I)
-        joint = y0 @ log_expit(z).T + wrong @ log_expit(-z).T + log_w
-        marginal = logsumexp(joint, axis=1, keepdims=True)
-        post = np.exp(joint - marginal)
-        objective = (float(marginal.sum()) - 0.5 * float((a**2).sum()) / sd_a**2
+        post, marginal = grid_posterior(y0, wrong, nodes @ a.T - d, log_w)
+        objective = (marginal - 0.5 * float((a**2).sum()) / sd_a**2
                      - 0.5 * float((d**2).sum()) / sd_d**2) / n_obs
         if abs(objective - last) < tol:
             converged = True

@@ -19,9 +19,9 @@ in numpy/scipy (pyirt is the alternative backend; see docs/irt.md for the compar
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit, log_expit, logsumexp
+from scipy.special import expit, logsumexp
 
-from evomerge.fitness.irt.fit import FitBounds, IRTFit, grid_posterior_moments
+from evomerge.fitness.irt.fit import FitBounds, IRTFit, grid_posterior, grid_posterior_moments
 from evomerge.fitness.irt.model import ItemParams
 
 
@@ -79,11 +79,8 @@ def fit_mml(
     n_obs = max(int(observed.sum()), 1)
     last, converged, it = -np.inf, False, 0
     for it in range(1, max_iter + 1):
-        z = a * (nodes[:, None] - b)  # (K, I)
-        joint = y0 @ log_expit(z).T + wrong @ log_expit(-z).T + log_w  # (J, K)
-        marginal = logsumexp(joint, axis=1, keepdims=True)
-        post = np.exp(joint - marginal)
-        objective = (float(marginal.sum()) + _log_prior(a, b, sd_log_a, sd_b)) / n_obs
+        post, marginal = grid_posterior(y0, wrong, a * (nodes[:, None] - b), log_w)
+        objective = (marginal + _log_prior(a, b, sd_log_a, sd_b)) / n_obs
         if abs(objective - last) < tol:
             converged = True
             break
