@@ -25,7 +25,8 @@ class FitBounds:
 
 @dataclass(frozen=True)
 class IRTFit:
-    """Fitted items and the respondents' abilities (EAP mean and posterior sd on the backend's grid)."""
+    """Fitted items and the respondents' abilities (EAP mean and posterior sd on the backend's grid;
+    shape (J,) for the 2PL, (J, D) per dimension for a multidimensional fit)."""
 
     params: ItemParams
     theta: np.ndarray

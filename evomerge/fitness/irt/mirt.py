@@ -46,7 +46,9 @@ def product_grid(dim: int, n_quad: int, box: tuple[float, float]) -> tuple[np.nd
 
 
 def _start(y0: np.ndarray, observed: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """Loadings from the first D principal components of the item-centred responses; d from item means."""
+    """Start values: loadings from the first D principal components of the item-centred responses (unit
+    scores, each item's loading divided by its sd, × 1.7 from the normal-ogive to the logistic scale);
+    d from the item means through σ(−d / (1 + ‖a‖²/1.7²)^½), the 2PL's marginal P (Camilli 1994)."""
     p = np.clip(y0.sum(0) / np.maximum(observed.sum(0), 1), 0.02, 0.98)
     centred = np.where(observed, y0 - p, 0.0)
     _, s, vt = np.linalg.svd(centred, full_matrices=False)
