@@ -8,12 +8,14 @@ from evomerge.console import log
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("calibrate", help="fit a 2PL item bank on the response matrices of past runs")
+    p = sub.add_parser("calibrate", help="fit an IRT item bank (2PL or multidimensional 2PL) on the response matrices of past runs")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (runs/<name>) holding responses.jsonl")
     p.add_argument("--task", required=True, help="task key dataset/condition, e.g. mnist1d/all")
     p.add_argument("--out", required=True, help="bank file to write, e.g. item_banks/mnist1d_all.json")
     p.add_argument("--split", default="val", choices=["val", "test"], help="item split (default val)")
-    p.add_argument("--backend", default="mml", help="calibration backend: mml (default) or pyirt")
+    p.add_argument("--backend", default="mml", help="calibration backend: mml (1-D 2PL, default), pyirt, or mirt "
+                   "(multidimensional 2PL; see docs/irt.md)")
+    p.add_argument("--dim", type=int, help="mirt only: ability dimensions (default: 2 or 3, by held-out likelihood)")
     p.add_argument("--holdout", type=float, default=0.2, help="share of candidates held out for fit quality")
     p.add_argument("--seed", type=int, default=0, help="seed of the hold-out split")
     p.set_defaults(func=run)
@@ -29,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     matrix = read_responses(args.runs, args.task, args.split)
     log(f"{args.task} ({args.split}): {len(matrix.candidates)} candidates x {len(matrix.item_ids)} items "
         f"from {len(matrix.sources)} run(s)")
-    calibration = calibrate(matrix.values, backend=args.backend, holdout=args.holdout, seed=args.seed)
+    calibration = calibrate(matrix.values, backend=args.backend, holdout=args.holdout, seed=args.seed, dim=args.dim)
     path = save_bank(bank_from_calibration(calibration, matrix), args.out)
     d = calibration.diagnostics
     quality = (f"held-out loglik {d['heldout_loglik']:.4f} (item means {d['heldout_loglik_item_means']:.4f}), "
