@@ -166,7 +166,7 @@ class MassMerge(nn.Module):
         return self.mass(x)
 
     def num_params(self) -> int:
-        """Base trunk, the task subspaces MASS stores (TSV-C factors) and the heads."""
+        """What MASS holds to route and re-merge: the base, every task vector and every head."""
         base = sum(v.numel() for v in self.mass.base.values())
-        heads = sum(v.numel() for h in self.mass.heads for v in h.values())
-        return base + heads + sum(v.numel() for t in self.mass.taus for v in t.values()) // max(len(self.mass.taus), 1)
+        taus = sum(v.numel() for t in self.mass.taus for v in t.values())
+        return base + taus + sum(v.numel() for h in self.mass.heads for v in h.values())
