@@ -302,3 +302,19 @@ def test_cli_bad_space_exits_2_naming_the_field(tmp_path, fake_cli, capsys):
     err = capsys.readouterr().err
     assert f"{path}: field 'genes[1].low': expected a value below high (4.0), got 9" in err
     assert "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+def test_reading_a_live_run_leaves_its_file_alone(tmp_path):
+    """Readers (export, report) skip a half-written last line; only the driver's repair cuts it."""
+    from evomerge.search.run_folder import RunFolder
+
+    folder = RunFolder(tmp_path)
+    folder.create("name: x\n")
+    folder.append({"id": "c0", "status": "ok"})
+    with open(folder.evaluations_path, "a") as fh:
+        fh.write('{"id": "c1", "sta')
+    size = folder.evaluations_path.stat().st_size
+    assert [r["id"] for r in folder.read_evaluations()] == ["c0"]
+    assert folder.evaluations_path.stat().st_size == size
+    assert [r["id"] for r in folder.read_evaluations(repair=True)] == ["c0"]
+    assert folder.evaluations_path.stat().st_size < size

@@ -60,8 +60,8 @@ class StitchedModel(nn.Module):
 
     def __init__(self, a: ModelAdapter, layer_a: str, stitch: nn.Module, b: ModelAdapter, layer_b: str, owns_b: bool = False):
         super().__init__()
-        a._check(layer_a)
-        b._check(layer_b)
+        a.check_layer(layer_a)
+        b.check_layer(layer_b)
         self._sources = (a, b)
         self.layer_a, self.layer_b = layer_a, layer_b
         self.stitch = stitch

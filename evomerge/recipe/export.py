@@ -28,8 +28,9 @@ from evomerge.errors import UserError
 from evomerge.recipe.materialize import Materialized, build_mass, materialize
 from evomerge.recipe.merged import MassMerge
 from evomerge.recipe.schema import WeightsRecipe, parse_recipe
+from evomerge.search.run_folder import RunFolder, read_json
 from evomerge.zoo.adapter import LayeredAdapter
-from evomerge.zoo.catalog import Zoo, _file_sha256, _new_net
+from evomerge.zoo.catalog import Zoo, file_sha256, new_net
 from evomerge.zoo.specs import ModelSpec
 
 FORMAT = "evomerge-export/1"
@@ -48,7 +49,7 @@ class SkeletonSources:
 
     def adapter(self, model_id: str) -> LayeredAdapter:
         if model_id not in self._adapters:
-            net = _new_net(self.specs[model_id], 0).eval().requires_grad_(False)
+            net = new_net(self.specs[model_id], 0).eval().requires_grad_(False)
             self._adapters[model_id] = LayeredAdapter(net)
         return self._adapters[model_id]
 
@@ -82,33 +83,21 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut off by a kill
-    return rows
-
-
-def find_candidate(run_dir: Path, candidate: str = "best") -> dict[str, Any]:
+def find_candidate(folder: RunFolder, candidate: str = "best") -> dict[str, Any]:
     """The candidate's record: ``best`` (from summary.json) or an id (from evaluations.jsonl)."""
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary = read_json(folder.summary_path) if folder.summary_path.exists() else {}
     front = {c["id"]: c for c in [summary.get("best") or {}, *summary.get("pareto", [])] if c}
     if candidate == "best":
         if not summary.get("best"):
-            raise UserError(f"{summary_path}: no best candidate recorded (is the run finished?)")
+            raise UserError(f"{folder.summary_path}: no best candidate recorded (is the run finished?)")
         return summary["best"]
     if candidate in front:
         return front[candidate]
-    evals = run_dir / "evaluations.jsonl"
-    rows = [r for r in _read_jsonl(evals) if r.get("id") == candidate] if evals.exists() else []
+    rows = [r for r in folder.read_evaluations() if r.get("id") == candidate]
     if not rows:
-        raise UserError(f"{evals}: no candidate '{candidate}'")
+        raise UserError(f"{folder.evaluations_path}: no candidate '{candidate}'")
     if rows[-1].get("status") != "ok":
-        raise UserError(f"{evals}: candidate '{candidate}' failed ({rows[-1].get('error')}); nothing to export")
+        raise UserError(f"{folder.evaluations_path}: candidate '{candidate}' failed ({rows[-1].get('error')}); nothing to export")
     return rows[-1]
 
 
@@ -117,10 +106,10 @@ def export_candidate(run_dir: str | Path, out: str | Path, candidate: str = "bes
     from evomerge.search.space import load_space
 
     run_dir, out = Path(run_dir), Path(out)
-    if not (run_dir / "space.yaml").exists():
-        raise UserError(f"{run_dir}: not a run folder (no space.yaml)")
-    space = load_space(run_dir / "space.yaml")
-    record = find_candidate(run_dir, candidate)
+    folder = RunFolder(run_dir)
+    folder.require_existing()
+    space = load_space(folder.space_path)
+    record = find_candidate(folder, candidate)
     zoo = Zoo(seed=space.zoo.seed)
     ids = recipe_models(record["recipe"])
     zoo.build(workers=1, ids=ids)
@@ -168,7 +157,7 @@ def save_export(
         "recipe": recipe,
         "params": built.params,
         "added_params": built.added_params,
-        "weights_sha256": _file_sha256(weights),
+        "weights_sha256": file_sha256(weights),
         "versions": _versions(),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))

@@ -57,15 +57,16 @@ class RunFolder:
 
     def require_existing(self) -> None:
         if not self.space_path.exists():
-            raise UserError(f"{self.path}: not a run folder to resume (no {SPACE_FILE})")
+            raise UserError(f"{self.path}: not a run folder (no {SPACE_FILE})")
 
-    def read_evaluations(self) -> list[dict[str, Any]]:
-        """Every complete record; an unterminated last line (killed mid-write) is cut off."""
+    def read_evaluations(self, repair: bool = False) -> list[dict[str, Any]]:
+        """Every complete record. An unterminated last line (killed mid-write) is skipped, and with
+        ``repair`` (the driver, before it appends again) also cut from the file."""
         if not self.evaluations_path.exists():
             return []
         data = self.evaluations_path.read_bytes()
         end = data.rfind(b"\n") + 1
-        if end < len(data):
+        if repair and end < len(data):
             with open(self.evaluations_path, "r+b") as fh:
                 fh.truncate(end)
         return [json.loads(line) for line in data[:end].splitlines() if line.strip()]

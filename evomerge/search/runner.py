@@ -41,7 +41,7 @@ class SearchRunner:
             self.folder.require_existing()
         else:
             self.folder.create(dump_space(space))
-        self.records = self.folder.read_evaluations()
+        self.records = self.folder.read_evaluations(repair=True)
         self.engine: Engine = ENGINES.get(space.engine.name)(space, state_dir=self.folder.path)
         self.responses = ResponseLog(self.folder.path)
         for (task, split), ids in (item_ids or {}).items():

@@ -51,7 +51,7 @@ class ModelAdapter(ABC):
 
     def activation_shape(self, layer: str) -> tuple[int, ...]:
         """Shape of ``layer``'s output for one item (no batch axis)."""
-        self._check(layer)
+        self.check_layer(layer)
         with torch.no_grad():
             return tuple(self.forward_to(self.example_input(2), layer).shape[1:])
 
@@ -64,7 +64,8 @@ class ModelAdapter(ABC):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.module.parameters())
 
-    def _check(self, layer: str) -> None:
+    def check_layer(self, layer: str) -> None:
+        """UserError listing the valid layer names unless ``layer`` is one."""
         if layer not in self.layer_names:
             raise unknown_name(f"layer of {type(self.module).__name__}", layer, self.layer_names)
 
@@ -149,7 +150,7 @@ class TorchAdapter(ModelAdapter):
     __call__ = forward
 
     def forward_to(self, x: Any, layer: str) -> torch.Tensor:
-        self._check(layer)
+        self.check_layer(layer)
 
         def hook(_m: nn.Module, _i: Any, out: Any) -> None:
             raise _Stop(_first(out))
@@ -164,7 +165,7 @@ class TorchAdapter(ModelAdapter):
         raise UserError(f"layer '{layer}' did not run during the forward pass")
 
     def forward_from(self, h: torch.Tensor, layer: str) -> torch.Tensor:
-        self._check(layer)
+        self.check_layer(layer)
         handle = self._modules[layer].register_forward_hook(lambda _m, _i, out: _swap_first(out, h))
         try:
             return self.forward(self.example_input(h.shape[0]))

@@ -33,7 +33,7 @@ from evomerge.zoo.train import train_model
 TRAINING_VERSION = 1
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -46,7 +46,7 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
-def _new_net(spec: ModelSpec, model_seed: int) -> LayeredNet:
+def new_net(spec: ModelSpec, model_seed: int) -> LayeredNet:
     num_classes = get_condition(spec.dataset, spec.condition).num_classes
     return build_model(spec.arch, spec.dataset, num_classes, model_seed, spec.width)
 
@@ -56,7 +56,7 @@ def _train_one(spec_json: str, zoo_seed: int, out: str, base_weights: str | None
     _worker_init()
     spec = ModelSpec.model_validate_json(spec_json)
     model_seed = zoo_seed * 1000 + spec.seed
-    net = _new_net(spec, model_seed)
+    net = new_net(spec, model_seed)
     if base_weights is not None:  # fine-tune: start from the base; keep its head only if it fits
         base = load_file(base_weights)
         own = net.state_dict()
@@ -78,7 +78,7 @@ def _train_one(spec_json: str, zoo_seed: int, out: str, base_weights: str | None
         "val_accuracy": accuracy(net, load_task(spec.dataset, spec.condition, "val", zoo_seed)),
         "test_accuracy": accuracy(net, load_task(spec.dataset, spec.condition, "test", zoo_seed)),
         "train_s": round(train_s, 2),
-        "sha256": _file_sha256(path.with_suffix(".safetensors")),
+        "sha256": file_sha256(path.with_suffix(".safetensors")),
     }
     path.with_suffix(".json").write_text(json.dumps(record, indent=1))
     return record
@@ -170,7 +170,7 @@ class Zoo:
             spec = self.spec(model_id)
             if not self.is_built(model_id):
                 self.build(workers=1, ids=[model_id])
-            net = _new_net(spec, 0)
+            net = new_net(spec, 0)
             net.load_state_dict(load_file(str(self.weights_path(model_id))))
             net.eval().requires_grad_(False)
             self._adapters[model_id] = LayeredAdapter(net)
