@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import norm, qmc
 from sklearn.cluster import KMeans
 from sklearn.metrics import pairwise_distances_argmin
 
@@ -73,11 +74,25 @@ def neyman_anchors(params: ItemParams, k: int, *, seed: int = 0, **_: object) ->
     return _stratify(params, k, seed, item_sd(params))
 
 
+#: Past this many dimensions a product grid is too large: E_θ is taken over scrambled Sobol points instead.
+GRID_DIMS = 3
+
+
+def ability_nodes(dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights for E_θ over θ ~ N(0, I_D): a product grid for D ≤ 3, else 2¹² quasi-random
+    normal points (scipy's scrambled Sobol sequence through Φ⁻¹, seed 0), equally weighted."""
+    if dim <= GRID_DIMS:
+        nodes, log_w = product_grid(dim, N_QUAD.get(dim, 41), (-4.0, 4.0))
+        return (nodes[:, 0] if dim == 1 else nodes), np.exp(log_w)
+    points = qmc.Sobol(dim, scramble=True, seed=0).random_base2(12)
+    return norm.ppf(np.clip(points, 1e-9, 1 - 1e-9)), np.full(len(points), 1.0 / len(points))
+
+
 def item_sd(params: ItemParams) -> np.ndarray:
-    """S_i = (E_θ[P_i(θ)(1 − P_i(θ))])^½ over θ ~ N(0, I) (the bank's scale), by quadrature."""
-    nodes, log_w = product_grid(params.dim, N_QUAD.get(params.dim, 41 if params.dim == 1 else 7), (-4.0, 4.0))
-    p = prob(nodes[:, 0] if params.dim == 1 else nodes, params)
-    return np.sqrt(np.exp(log_w) @ (p * (1 - p)))
+    """S_i = (E_θ[P_i(θ)(1 − P_i(θ))])^½ over θ ~ N(0, I) (the bank's scale), by :func:`ability_nodes`."""
+    nodes, weights = ability_nodes(params.dim)
+    p = prob(nodes, params)
+    return np.sqrt(weights @ (p * (1 - p)))
 
 
 def _stratify(params: ItemParams, k: int, seed: int, size: np.ndarray) -> Anchors:

@@ -15,6 +15,7 @@ import numpy as np
 
 from evomerge.errors import UserError
 from evomerge.fitness.irt.fit import FitBounds, IRTFit
+from evomerge.fitness.irt.jml import fit_jml
 from evomerge.fitness.irt.mirt import fit_mirt
 from evomerge.fitness.irt.mml import fit_mml
 from evomerge.fitness.irt.pyirt_backend import fit_pyirt
@@ -25,9 +26,10 @@ BACKENDS: Registry[Backend] = Registry("IRT backend")
 BACKENDS.register("mml")(fit_mml)
 BACKENDS.register("pyirt")(fit_pyirt)
 BACKENDS.register("mirt")(fit_mirt)
+BACKENDS.register("jml")(fit_jml)
 DEFAULT_BACKEND = "mml"
 #: Multidimensional backends and the dimensions calibration chooses among (the first is the default).
-DIMS = {"mirt": (2, 3)}
+DIMS = {"mirt": (2, 3), "jml": (4, 8, 12)}
 
 
 def fit(responses: np.ndarray, backend: str = DEFAULT_BACKEND, bounds: FitBounds = FitBounds(),

@@ -36,6 +36,14 @@ class IRTFit:
     backend: str
 
 
+def observed_answers(responses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(answers with 0 where missing, the mask of observed answers) of a respondents × items matrix
+    of 0/1 with NaN for unanswered items."""
+    y = np.asarray(responses, dtype=float)
+    observed = ~np.isnan(y)
+    return np.where(observed, y, 0.0), observed
+
+
 def grid_posterior(y0: np.ndarray, wrong: np.ndarray, z: np.ndarray, log_w: np.ndarray) -> tuple[np.ndarray, float]:
     """E-step on a quadrature grid: posterior weights π_jk ∝ w_k Π_i σ(z_ki)^y_ji σ(−z_ki)^(1−y_ji) of each
     respondent over the nodes (``y0``/``wrong``: indicators of observed right/wrong answers, ``z`` (K, I)

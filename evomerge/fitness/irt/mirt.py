@@ -30,7 +30,7 @@ import numpy as np
 from scipy.special import expit, logit, logsumexp
 
 from evomerge.errors import UserError
-from evomerge.fitness.irt.fit import FitBounds, IRTFit, grid_posterior, grid_posterior_moments
+from evomerge.fitness.irt.fit import FitBounds, IRTFit, grid_posterior, grid_posterior_moments, observed_answers
 from evomerge.fitness.irt.model import ItemParams
 
 #: Nodes per axis by dimension: 15² = 225, 9³ = 729 nodes.
@@ -45,19 +45,20 @@ def product_grid(dim: int, n_quad: int, box: tuple[float, float]) -> tuple[np.nd
     return nodes, log_w - logsumexp(log_w)
 
 
-def _start(y0: np.ndarray, observed: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """Start values: loadings from the first D principal components of the item-centred responses (unit
-    scores, each item's loading divided by its sd, × 1.7 from the normal-ogive to the logistic scale);
-    d from the item means through σ(−d / (1 + ‖a‖²/1.7²)^½), the 2PL's marginal P (Camilli 1994)."""
+def start_values(y0: np.ndarray, observed: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Start values (a, d, θ): loadings from the first D principal components of the item-centred
+    responses (unit scores θ, each item's loading divided by its sd, × 1.7 from the normal-ogive to the
+    logistic scale); d from the item means through σ(−d / (1 + ‖a‖²/1.7²)^½), the 2PL's marginal P
+    (Camilli 1994)."""
     p = np.clip(y0.sum(0) / np.maximum(observed.sum(0), 1), 0.02, 0.98)
     centred = np.where(observed, y0 - p, 0.0)
-    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    u, s, vt = np.linalg.svd(centred, full_matrices=False)
     scale = s[:dim] / np.sqrt(max(len(y0), 1))
     a = (vt[:dim].T * scale) / np.maximum(np.sqrt(p * (1 - p)), 0.1)[:, None] * 1.7
-    return a, -logit(p) * np.sqrt(1 + (a**2).sum(1) / 2.9)
+    return a, -logit(p) * np.sqrt(1 + (a**2).sum(1) / 2.9), u[:, :dim] * np.sqrt(max(len(y0), 1))
 
 
-def _project(a: np.ndarray, d: np.ndarray, bounds: FitBounds) -> tuple[np.ndarray, np.ndarray]:
+def project(a: np.ndarray, d: np.ndarray, bounds: FitBounds) -> tuple[np.ndarray, np.ndarray]:
     """‖a‖ into ``bounds.a`` (a = 0 becomes the first axis), d / ‖a‖ into ``bounds.b``."""
     norm = np.linalg.norm(a, axis=1)
     a = np.where(norm[:, None] > 0, a, np.eye(a.shape[1])[0])
@@ -81,7 +82,7 @@ def _m_step(r: np.ndarray, n: np.ndarray, nodes: np.ndarray, a: np.ndarray, d: n
         hess = ((n * p * (1 - p)).T @ outer).reshape(-1, m, m) + np.diag(prior_prec)
         step = np.linalg.solve(hess, grad[..., None])[..., 0]
         step *= np.minimum(1.0, 1.0 / np.maximum(np.abs(step).max(axis=1), 1e-12))[:, None]
-        a, d = _project(a + step[:, :-1], d + step[:, -1], bounds)
+        a, d = project(a + step[:, :-1], d + step[:, -1], bounds)
         if np.abs(step).max() < 1e-4:
             break
     return a, d
@@ -120,12 +121,10 @@ def fit_mirt(
     """Fit a D-dimensional compensatory 2PL to respondents × items (0/1, NaN unanswered)."""
     if dim < 2:
         raise UserError(f"mirt: expected at least 2 dimensions (one is the mml backend), got {dim}")
-    y = np.asarray(responses, dtype=float)
-    observed = ~np.isnan(y)
-    y0 = np.where(observed, y, 0.0)
+    y0, observed = observed_answers(responses)
     wrong = observed - y0
     nodes, log_w = product_grid(dim, n_quad or N_QUAD.get(dim, 7), bounds.theta)
-    a, d = _project(*_start(y0, observed, dim), bounds)
+    a, d = project(*start_values(y0, observed, dim)[:2], bounds)
     n_obs = max(int(observed.sum()), 1)
     last, converged, it = -np.inf, False, 0
     for it in range(1, max_iter + 1):
@@ -137,7 +136,7 @@ def fit_mirt(
             break
         last = objective
         a, d = _m_step(post.T @ y0, post.T @ observed, nodes, a, d, bounds, sd_a, sd_d)
-        a, d = _project(*_standardize(a, d, post, nodes), bounds)
+        a, d = project(*_standardize(a, d, post, nodes), bounds)
     rotation = principal_axes(a)
     a, nodes = a @ rotation, nodes @ rotation
     theta, theta_se = grid_posterior_moments(post, nodes)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit, logsumexp
 
-from evomerge.fitness.irt.fit import FitBounds, IRTFit, grid_posterior, grid_posterior_moments
+from evomerge.fitness.irt.fit import FitBounds, IRTFit, grid_posterior, grid_posterior_moments, observed_answers
 from evomerge.fitness.irt.model import ItemParams
 
 
@@ -67,15 +67,13 @@ def fit_mml(
     tol: float = 1e-6,
 ) -> IRTFit:
     """Fit a 2PL to a respondents × items matrix of 0/1 with NaN for unanswered items."""
-    y = np.asarray(responses, dtype=float)
-    observed = ~np.isnan(y)
-    y0 = np.where(observed, y, 0.0)
+    y0, observed = observed_answers(responses)
     wrong = observed - y0
     nodes = np.linspace(*bounds.theta, n_quad)
     log_w = -0.5 * nodes**2
     log_w -= logsumexp(log_w)
-    a = np.ones(y.shape[1])
-    b = np.zeros(y.shape[1])
+    a = np.ones(y0.shape[1])
+    b = np.zeros(y0.shape[1])
     n_obs = max(int(observed.sum()), 1)
     last, converged, it = -np.inf, False, 0
     for it in range(1, max_iter + 1):
