@@ -34,7 +34,7 @@ import torch  # noqa: E402
 from ray.util import ActorPool  # noqa: E402
 
 from evomerge.distributed.devices import torch_threads  # noqa: E402
-from evomerge.distributed.pool import EvalResult, InProcessPool, Pool, safe_evaluate  # noqa: E402
+from evomerge.distributed.pool import EvalResult, InProcessPool, Known, Pool, safe_evaluate  # noqa: E402
 from evomerge.distributed.ray_pool import REMOTE_WORKER, RayPool, actor_options, connect  # noqa: E402
 from evomerge.recipe.evaluator import RecipeEvaluator  # noqa: E402
 from evomerge.search.engines import ENGINES  # noqa: E402
@@ -54,9 +54,9 @@ class CpuTimed:
     def __init__(self, space: SearchSpace):
         self.inner = RecipeEvaluator(space)
 
-    def evaluate(self, candidate_id: str, recipe: dict) -> EvalResult:
+    def evaluate(self, candidate_id: str, recipe: dict, known: Known | None = None) -> EvalResult:
         start = time.process_time()
-        result = self.inner.evaluate(candidate_id, recipe)
+        result = self.inner.evaluate(candidate_id, recipe, known)
         result.objectives["cpu_s"] = time.process_time() - start
         return result
 
@@ -84,7 +84,7 @@ def cpu_ceiling(n: int = 2000) -> float:
 class Noop:
     """An evaluator with no work: what remains per candidate is the pool's own cost."""
 
-    def evaluate(self, candidate_id: str, recipe: dict) -> EvalResult:
+    def evaluate(self, candidate_id: str, recipe: dict, known: Known | None = None) -> EvalResult:
         return EvalResult(candidate_id, "ok", {"accuracy/mean": 0.5})
 
 

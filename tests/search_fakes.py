@@ -77,7 +77,7 @@ class ToyEvaluator:
         self.hang_on, self.marker = hang_on, marker
         self.calls: list[str] = []
 
-    def evaluate(self, candidate_id: str, recipe: dict) -> EvalResult:
+    def evaluate(self, candidate_id: str, recipe: dict, known: list | None = None) -> EvalResult:
         self.calls.append(candidate_id)
         if candidate_id == self.hang_on:
             Path(self.marker).write_text(candidate_id)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from evomerge.errors import UserError
-from evomerge.fitness.adaptive import adaptive_evaluate, most_informative, recalibrate
+from evomerge.fitness.adaptive import adaptive_evaluate, front_threshold, most_informative, recalibrate
 from evomerge.fitness.anchors import ANCHORS
 from evomerge.fitness.estimators import ESTIMATORS, recipe_prior
 from evomerge.fitness.irt.model import ItemParams, to_catsim
@@ -155,6 +155,40 @@ def test_adaptive_stops_early_when_far_and_goes_on_when_close(population):
     for name in ("mean", "gpirt"):
         with pytest.raises(UserError, match="IRT estimator"):
             adaptive_evaluate(answer, params, anchors, threshold=0.5, estimator=name)
+
+
+def test_verification_mode_runs_to_the_end_unless_clearly_below(population):
+    """until_below: a candidate above the threshold answers every item (exact); one clearly below stops
+    early; known anchor answers are not asked again; growing batches need few rounds."""
+    y, params, _ = population
+    truth = y.mean(axis=1)
+    j = int(np.argsort(truth)[150])
+    anchors = ANCHORS.get("random")(params, 30, seed=0).items
+    calls = []
+
+    def answer(items):
+        calls.append(len(items))
+        return y[j, items]
+
+    above = adaptive_evaluate(answer, params, anchors, threshold=truth[j] - 0.2, answered=y[j, anchors],
+                              until_below=True, growth=0.25)
+    assert above.estimate.n_items == len(params) and above.estimate.stderr == 0
+    np.testing.assert_allclose(above.estimate.value, truth[j])
+    assert calls[0] > 0 and sum(calls) == len(params) - 30 and len(calls) < 25
+    calls.clear()
+    below = adaptive_evaluate(answer, params, anchors, threshold=truth[j] + 0.3, answered=y[j, anchors],
+                              until_below=True, growth=0.25)
+    assert calls == [] and below.estimate.n_items == 30
+    assert below.estimate.value + 1.96 * below.estimate.stderr < truth[j] + 0.3
+
+
+def test_front_threshold_is_the_best_accuracy_among_candidates_no_worse_on_every_cost():
+    history = [(np.array([10.0, 1.0]), 0.70), (np.array([5.0, 2.0]), 0.60), (np.array([20.0, 0.5]), 0.90)]
+    assert front_threshold(history, np.array([10.0, 2.0])) == 0.70  # dominated by both cheaper ones
+    assert front_threshold(history, np.array([5.0, 2.0])) == 0.60  # equal costs count
+    assert front_threshold(history, np.array([4.0, 5.0])) == -np.inf  # cheapest on the first cost: on the front
+    assert front_threshold(history, np.array([30.0, 3.0])) == 0.90
+    assert front_threshold([], np.array([1.0])) == -np.inf
 
 
 def test_recalibrate_adds_rows():

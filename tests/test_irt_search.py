@@ -14,7 +14,8 @@ from evomerge.distributed.pool import InProcessPool
 from evomerge.errors import ConfigError
 from evomerge.recipe.evaluator import RecipeEvaluator
 from evomerge.search.runner import run_search
-from evomerge.search.space import parse_space
+from evomerge.fitness.search_fitness import BankFitness
+from evomerge.search.space import FitnessSettings, parse_space
 
 BUDGET = 24
 
@@ -91,8 +92,8 @@ def test_irt_search_spends_few_items_logs_them_and_verifies_its_best(full_run, t
         if m["verified/all"]:  # every item answered: the exact full accuracy, no error bar
             assert rec["items"] == n_items and m["accuracy_stderr/all"] == 0
             assert m["accuracy/all"] == pytest.approx(full[rec["id"]], abs=1e-6)
-        else:
-            assert 20 <= rec["items"] <= 60 and m["accuracy_stderr/all"] > 0
+        else:  # anchors and adaptive items (<= 60), or more if it was a stopped verification
+            assert 20 <= rec["items"] < n_items and m["accuracy_stderr/all"] > 0
         answers = full_answers[rec["id"]]  # the items it ran through the model answered as in the full run
         assert [answers[i] for i in line["items"]] == list(line["correct"])
     best = summary["best"]
@@ -109,11 +110,12 @@ def test_online_recalibration_refits_on_sources_and_run(full_run, tmp_path, monk
     assert not np.allclose(fit.params.b, fit.bank.params.b)  # the run's answers moved the items
 
 
-def test_multidimensional_bank_in_the_search(full_run, tmp_path, monkeypatch, tiny_zoo):
-    """A ``mirt`` bank (format 2) drives greg on neyman anchors and is refitted in its own D."""
+@pytest.mark.parametrize("backend", ["mirt", "jml"])
+def test_multidimensional_bank_in_the_search(full_run, tmp_path, monkeypatch, tiny_zoo, backend):
+    """A multidimensional bank (format 2) drives greg on neyman anchors and is refitted in its own D."""
     root, full_summary, _ = full_run
     bank = tmp_path / "mirt.json"
-    assert main(["calibrate", str(root / "full"), "--task", "digits/all", "--out", str(bank), "--backend", "mirt"]) == 0
+    assert main(["calibrate", str(root / "full"), "--task", "digits/all", "--out", str(bank), "--backend", backend]) == 0
     fitness = irt_fitness(bank, estimator="greg", anchors="neyman", adaptive=False, recalibrate_every=12)
     summary, ev = search(tiny_space(fitness), tmp_path / "irt", monkeypatch, tiny_zoo)
     fit = ev.fitness["all"]
@@ -121,7 +123,30 @@ def test_multidimensional_bank_in_the_search(full_run, tmp_path, monkeypatch, ti
     assert summary["item_evaluations"] < full_summary["item_evaluations"]
     for rec in records(tmp_path / "irt"):
         m = rec["metrics"]
-        assert m["verified/all"] or (rec["items"] == 20 and 0 < m["accuracy_stderr/all"] < 0.5)
+        assert m["verified/all"] or (rec["items"] >= 20 and 0 < m["accuracy_stderr/all"] < 0.5)
+
+
+def test_front_threshold_spends_items_where_the_front_is_in_doubt(full_run, tmp_path, monkeypatch, tiny_zoo):
+    """With two objectives and ``threshold: front`` each adaptive candidate stops only once its interval
+    clears the accuracy it needs to join the front at its added parameters (or at the cap)."""
+    _, _, bank = full_run
+    space = tiny_space(irt_fitness(bank, threshold="front"))
+    space["objectives"].append({"name": "size", "metric": "added_params", "direction": "min"})
+    _, ev = search(space, tmp_path / "irt", monkeypatch, tiny_zoo)
+    recs = records(tmp_path / "irt")
+    assert len(ev.fitness["all"].evaluated) == len(recs) == BUDGET
+    incumbent, history, checked = None, [], 0
+    for rec in recs:
+        m = rec["metrics"]
+        value, se, cost = m["accuracy/all"], m["accuracy_stderr/all"], m["added_params"]
+        if incumbent is not None and not m["verified/all"] and rec["items"] < 60:
+            thr = max((acc for c, acc in history if c <= cost), default=-np.inf)
+            assert abs(value - thr) > 1.96 * se or value + 1.96 * se < incumbent
+            checked += 1
+        history.append((cost, value))
+        if m["verified/all"]:
+            incumbent = value if incumbent is None else max(incumbent, value)
+    assert checked > 0
 
 
 def test_recalibration_needs_unchanged_source_runs(full_run, tmp_path, monkeypatch, tiny_zoo):
@@ -161,3 +186,26 @@ def test_bad_bank_exits_2_through_search(full_run, tmp_path, capsys, problem, co
     err = capsys.readouterr().err
     assert str(path) in err and expected in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_workers_share_the_drivers_incumbent_and_front(full_run):
+    """A worker told of a verified 0.99 does not answer every item for its own first candidate; the
+    driver's front points count in its front threshold."""
+    _, _, bank = full_run
+    ids = [item["id"] for item in json.loads(bank.read_text())["items"]]
+    settings = FitnessSettings(**irt_fitness(bank, threshold="front"))
+    answers = np.random.default_rng(0).integers(0, 2, len(ids)).astype(float)
+    calls = []
+
+    def answer(items):
+        calls.append(len(items))
+        return answers[items]
+
+    alone = BankFitness(settings, ids)
+    assert alone.evaluate(answer, costs=np.array([5.0])).verified and sum(calls) == len(ids)
+    calls.clear()
+    told = BankFitness(settings, ids)
+    told.share([(np.array([5.0]), 0.99, True), (np.array([1.0]), 0.6, False)])
+    scored = told.evaluate(answer, costs=np.array([5.0]))
+    assert told.incumbent == 0.99 and not scored.verified and sum(calls) <= 60
+    assert told.threshold(np.array([2.0])) == 0.6 and told.threshold(np.array([0.5])) == -np.inf

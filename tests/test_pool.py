@@ -18,7 +18,7 @@ class Scripted:
     def __init__(self):
         Scripted.built += 1
 
-    def evaluate(self, candidate_id: str, recipe: dict) -> EvalResult:
+    def evaluate(self, candidate_id: str, recipe: dict, known: list | None = None) -> EvalResult:
         if recipe.get("raise"):
             raise ValueError(f"bad layer {recipe['raise']}")
         if recipe.get("sleep"):

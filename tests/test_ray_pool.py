@@ -77,7 +77,7 @@ class Scripted:
         with open(built_log, "a") as f:
             f.write(f"{os.getpid()} {device}\n")
 
-    def evaluate(self, candidate_id: str, recipe: dict) -> EvalResult:
+    def evaluate(self, candidate_id: str, recipe: dict, known: list | None = None) -> EvalResult:
         time.sleep(recipe.get("sleep", 0.0))
         if recipe.get("raise"):
             raise ValueError(recipe["raise"])
@@ -180,11 +180,11 @@ class KilledOnce(ToyEvaluator):
         super().__init__(raise_above=0.5, sleep_s=0.2)
         self.target, self.marker_path = target, marker
 
-    def evaluate(self, candidate_id: str, recipe: dict) -> EvalResult:
+    def evaluate(self, candidate_id: str, recipe: dict, known: list | None = None) -> EvalResult:
         if candidate_id == self.target and not os.path.exists(self.marker_path):
             Path(self.marker_path).write_text(ray.get_runtime_context().get_actor_name())
             time.sleep(120)
-        return super().evaluate(candidate_id, recipe)
+        return super().evaluate(candidate_id, recipe, known)
 
 
 def when_file(path: Path, action, timeout_s: float = 60) -> threading.Thread:

@@ -139,10 +139,10 @@ def test_pareto_front_and_final_evaluation_of_its_members(tmp_path):
 
 
 class InterruptOnce(ToyEvaluator):
-    def evaluate(self, candidate_id, recipe):
+    def evaluate(self, candidate_id, recipe, known=None):
         if candidate_id == "c00005":
             raise KeyboardInterrupt
-        return super().evaluate(candidate_id, recipe)
+        return super().evaluate(candidate_id, recipe, known)
 
 
 @pytest.mark.parametrize("engine", ["deap_ga", "optuna_tpe"])
@@ -157,6 +157,28 @@ def test_ctrl_c_then_resume_extends_the_budget(tmp_path, engine):
     run_search(space, InProcessPool(lambda: ev), run, resume=True, item_ids=ITEM_IDS, progress=False)
     assert [r["id"] for r in records(run)] == [candidate_id(i) for i in range(16)]
     assert ev.calls[0] == "c00005"  # the candidate in flight at the interrupt is evaluated again
+
+
+def test_each_submission_carries_the_front_so_far(tmp_path):
+    """The pool is handed, with each candidate, the metrics of the non-dominated finished ones."""
+
+    class Recording(ToyEvaluator):
+        seen: list = []
+
+        def evaluate(self, candidate_id, recipe, known=None):
+            self.seen.append(known)
+            return super().evaluate(candidate_id, recipe, known)
+
+    ev = Recording()
+    search(toy_space("random", evaluations=16, objectives=two_objectives()), tmp_path / "run", ev)
+    recs = records(tmp_path / "run")
+    for i, known in enumerate(ev.seen):
+        done = [r for r in recs[:i] if r["status"] == "ok"]
+        expected = [r["metrics"] for r in done
+                    if not any(dominates(o["objectives"], r["objectives"]) for o in done)]
+        assert sorted(map(json.dumps, known)) == sorted(map(json.dumps, expected))
+    assert any(len(k) >= 2 for k in ev.seen)
+
 
 
 def test_folder_guards(tmp_path):

@@ -1,7 +1,9 @@
 """The evaluation pool interface, its result type, and the in-process pool.
 
-A pool takes ``(candidate_id, recipe)`` submissions and yields :class:`EvalResult`
-objects as they finish. The same interface is backed by Ray actors elsewhere; the
+A pool takes ``(candidate_id, recipe, known)`` submissions and yields :class:`EvalResult`
+objects as they finish; ``known`` is the driver's view of the search so far (the metrics of the
+current Pareto front's candidates), which an evaluator may use (IRT fitness takes its incumbent
+and front from it, so every worker shares them) or ignore. The same interface is backed by Ray actors elsewhere; the
 in-process pool here serves tests and small runs.
 """
 
@@ -42,10 +44,14 @@ class EvalResult:
     error: str | None = None
 
 
+#: The metrics of candidates the driver has results for (the current Pareto front's).
+Known = list[dict[str, float]]
+
+
 class Evaluator(Protocol):
     """Worker-side evaluator: holds models and data, loaded once; scores one recipe."""
 
-    def evaluate(self, candidate_id: str, recipe: dict) -> EvalResult: ...
+    def evaluate(self, candidate_id: str, recipe: dict, known: Known | None = None) -> EvalResult: ...
 
 
 class Pool(ABC):
@@ -55,8 +61,8 @@ class Pool(ABC):
     capacity: int
 
     @abstractmethod
-    def submit(self, candidate_id: str, recipe: dict) -> None:
-        """Queue one candidate."""
+    def submit(self, candidate_id: str, recipe: dict, known: Known | None = None) -> None:
+        """Queue one candidate (with the driver's view at submission)."""
 
     @abstractmethod
     def results(self, timeout: float | None = None) -> Iterator[EvalResult]:
@@ -86,12 +92,13 @@ def checked(result: EvalResult) -> EvalResult:
     return result
 
 
-def safe_evaluate(evaluator: Evaluator, candidate_id: str, recipe: dict, timeout_s: float | None = None) -> EvalResult:
+def safe_evaluate(evaluator: Evaluator, candidate_id: str, recipe: dict, timeout_s: float | None = None,
+                  known: Known | None = None) -> EvalResult:
     """Evaluate, turning exceptions, timeouts and NaN/inf objectives into failed results."""
     start = time.perf_counter()
     try:
         with _time_limit(timeout_s):
-            result = evaluator.evaluate(candidate_id, recipe)
+            result = evaluator.evaluate(candidate_id, recipe, known)
     except Exception as exc:  # the candidate fails, the search goes on
         tail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         return EvalResult(candidate_id, "failed", wall_s=time.perf_counter() - start, error=tail)
@@ -137,15 +144,15 @@ class InProcessPool(Pool):
         torch.set_num_threads(threads)
         self.evaluator = evaluator_factory()
         self.timeout_s = timeout_s
-        self._queue: deque[tuple[str, dict]] = deque()
+        self._queue: deque[tuple[str, dict, Known | None]] = deque()
 
-    def submit(self, candidate_id: str, recipe: dict) -> None:
-        self._queue.append((candidate_id, recipe))
+    def submit(self, candidate_id: str, recipe: dict, known: Known | None = None) -> None:
+        self._queue.append((candidate_id, recipe, known))
 
     def results(self, timeout: float | None = None) -> Iterator[EvalResult]:
         while self._queue:
-            candidate_id, recipe = self._queue.popleft()
-            yield safe_evaluate(self.evaluator, candidate_id, recipe, self.timeout_s)
+            candidate_id, recipe, known = self._queue.popleft()
+            yield safe_evaluate(self.evaluator, candidate_id, recipe, self.timeout_s, known)
 
     def pending(self) -> int:
         return len(self._queue)

@@ -33,7 +33,7 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from evomerge.console import log
 from evomerge.distributed.devices import pick_device, takes_device, torch_threads
-from evomerge.distributed.pool import EvalResult, Evaluator, Pool, safe_evaluate
+from evomerge.distributed.pool import EvalResult, Evaluator, Known, Pool, safe_evaluate
 from evomerge.errors import UserError
 from evomerge.search.space import Resources
 
@@ -55,8 +55,8 @@ class EvalWorker:
         return {"pid": os.getpid(), "device": self.device, "threads": torch.get_num_threads(),
                 "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "nice": os.nice(0)}
 
-    def evaluate(self, candidate_id: str, recipe: dict) -> EvalResult:
-        return safe_evaluate(self.evaluator, candidate_id, recipe)
+    def evaluate(self, candidate_id: str, recipe: dict, known: Known | None = None) -> EvalResult:
+        return safe_evaluate(self.evaluator, candidate_id, recipe, known=known)
 
 
 REMOTE_WORKER = ray.remote(EvalWorker)
@@ -66,6 +66,7 @@ REMOTE_WORKER = ray.remote(EvalWorker)
 class _Job:
     id: str
     recipe: dict
+    known: Known | None = None
     deaths: int = 0  # workers that died while evaluating it
 
 
@@ -169,8 +170,8 @@ class RayPool(Pool):
 
     # ---- the pool interface --------------------------------------------------------
 
-    def submit(self, candidate_id: str, recipe: dict) -> None:
-        self._queue.append(_Job(candidate_id, recipe))
+    def submit(self, candidate_id: str, recipe: dict, known: Known | None = None) -> None:
+        self._queue.append(_Job(candidate_id, recipe, known))
 
     def pending(self) -> int:
         return len(self._queue) + len(self._running) + len(self._done)
@@ -208,7 +209,7 @@ class RayPool(Pool):
         while self._queue and self._idle:
             job, actor = self._queue.popleft(), self._idle.pop()
             deadline = time.monotonic() + self.timeout_s if self.timeout_s else None
-            self._running[actor.evaluate.remote(job.id, job.recipe)] = (actor, job, deadline)
+            self._running[actor.evaluate.remote(job.id, job.recipe, job.known)] = (actor, job, deadline)
 
     def _wait_s(self, now: float, last: float, timeout: float | None) -> float | None:
         """How long ``ray.wait`` may block: until the next deadline or the caller's timeout."""

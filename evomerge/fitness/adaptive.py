@@ -16,7 +16,7 @@ bank's or the recipe's prior. Selection here is a numpy ``argpartition`` over th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +50,18 @@ def most_informative(params: ItemParams, theta: float, answered: np.ndarray, n: 
     return top[np.argsort(-info[top], kind="stable")]
 
 
+def front_threshold(history: Sequence[tuple[np.ndarray, float]], costs: np.ndarray) -> float:
+    """The accuracy a candidate with these ``costs`` must beat to join the Pareto front.
+
+    ``history`` holds the evaluated candidates' (costs, accuracy), costs being the other
+    objectives oriented so that smaller is better. A candidate is dominated exactly when one at
+    least as good on every cost has a higher accuracy, so the threshold is the largest accuracy
+    among those (−inf when none is: the candidate is on the front whatever its accuracy).
+    """
+    c = np.asarray(costs, dtype=float)
+    return max((acc for other, acc in history if np.all(np.asarray(other) <= c)), default=-np.inf)
+
+
 def adaptive_evaluate(
     answer: Answer,
     params: ItemParams,
@@ -61,20 +73,33 @@ def adaptive_evaluate(
     batch: int = 10,
     max_items: int | None = None,
     prior: ThetaPrior | None = None,
+    answered: np.ndarray | None = None,
+    until_below: bool = False,
+    growth: float = 0.0,
 ) -> AdaptiveResult:
-    """Evaluate with ``answer(items) -> 0/1 array`` until the interval clears ``threshold``."""
+    """Evaluate with ``answer(items) -> 0/1 array`` until the interval clears ``threshold``.
+
+    ``answered``: the anchors' answers when they are already known (nothing is asked again).
+    ``until_below``: stop only once the interval lies below ``threshold`` (value + z·se < threshold) or
+    the cap is reached; this is the search's verification of an apparent new best. ``growth``: each
+    batch is at least that share of the items answered so far (group-sequential batches growing
+    geometrically, so going up to the whole bank takes tens of estimates rather than thousands).
+    """
     if estimator not in ADAPTIVE_ESTIMATORS:
         raise UserError(f"adaptive evaluation needs an IRT estimator ({', '.join(ADAPTIVE_ESTIMATORS)}), "
                         f"not '{estimator}': items chosen by information are not a random sample")
     estimate_fn = ESTIMATORS.get(estimator)
     limit = len(params) if max_items is None else min(max_items, len(params))
     items = np.asarray(anchors, dtype=int)
-    correct = np.asarray(answer(items), dtype=float)
+    correct = np.asarray(answer(items) if answered is None else answered, dtype=float)
     while True:
         est = estimate_fn(params, items, correct, prior=prior)
-        if len(items) >= limit or abs(est.value - threshold) > z * est.stderr:
+        gap = est.value - threshold
+        decided = gap < -z * est.stderr if until_below else abs(gap) > z * est.stderr
+        if len(items) >= limit or decided:
             return AdaptiveResult(est, items, correct)
-        new = most_informative(params, est.theta, items, min(batch, limit - len(items)))
+        size = max(batch, int(growth * len(items)))
+        new = most_informative(params, est.theta, items, min(size, limit - len(items)))
         items = np.concatenate([items, new])
         correct = np.concatenate([correct, np.asarray(answer(new), dtype=float)])
 

@@ -5,20 +5,29 @@ model on those items only (the only items that cost anything) and:
 
 1. answers the K anchors and estimates the accuracy over the bank's N items (value ± stderr);
 2. if ``adaptive``, adds the most informative items while value ± z·stderr contains the
-   incumbent (:func:`~evomerge.fitness.adaptive.adaptive_evaluate`), up to ``max_items``;
-3. *verifies*: a candidate whose estimate beats the incumbent (or the first one) answers every
-   remaining item, so its value is its exact validation accuracy (stderr 0) and it becomes the
-   incumbent. The incumbent is thus a true accuracy, not the maximum of noisy estimates (which is
-   biased upward, the winner's curse), the search's best is always fully evaluated, and these
-   full rows are the top candidates' responses that recalibration needs;
+   threshold (:func:`~evomerge.fitness.adaptive.adaptive_evaluate`), up to ``max_items``: the
+   incumbent, or with ``threshold: front`` the accuracy needed to join the Pareto front given the
+   candidate's other objectives (:func:`~evomerge.fitness.adaptive.front_threshold` over this
+   object's evaluations, estimates included; ``costs`` given to :meth:`BankFitness.evaluate`);
+3. *verifies*: a candidate whose estimate beats the incumbent goes on answering, most
+   informative items first in batches growing by ``VERIFY_GROWTH``, until its p-IRT interval
+   value + z·stderr falls below the incumbent (a false alarm, stopped after a few hundred items:
+   its estimate stands) or it has answered every item: then its value is its exact validation
+   accuracy (stderr 0) and it becomes the incumbent. The first candidate answers everything. The
+   incumbent is thus a true accuracy, not the maximum of noisy estimates (which is biased upward,
+   the winner's curse), the search's best is always fully evaluated, and these full rows are the
+   top candidates' responses that recalibration needs;
 4. every ``recalibrate_every`` evaluations refits the bank (:func:`~evomerge.fitness.adaptive.
    recalibrate`) on its source runs' matrix plus every answer of this run so far (missing
    answers are missing by design given the observed ones, so MML ignores them validly), then
    re-selects ``fisher`` anchors at the run's mean ability and re-estimates source abilities.
 
-The incumbent is this object's own (one per worker). In process it is the run's best; with
-several workers each knows only its own best, a lower threshold that costs extra items but never
-biases an estimate. A resumed run starts without an incumbent.
+Workers share the driver's view: before each candidate the evaluator passes the current Pareto
+front's (costs, accuracy, verified) to :meth:`BankFitness.share`; a verified accuracy there raises
+the incumbent (so a worker does not answer everything for its own first candidate, nor verify
+what another worker has beaten) and the front's points join this worker's own evaluations in the
+front threshold. What a worker has not heard of yet only lowers its threshold: extra items,
+never a biased estimate. Refits use this worker's answers (plus the source runs).
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from evomerge.errors import ConfigError, UserError
-from evomerge.fitness.adaptive import ADAPTIVE_ESTIMATORS, adaptive_evaluate, recalibrate
+from evomerge.fitness.adaptive import ADAPTIVE_ESTIMATORS, adaptive_evaluate, front_threshold, recalibrate
 from evomerge.fitness.anchors import ANCHORS, Anchors
 from evomerge.fitness.bank import ItemBank, load_bank
 from evomerge.fitness.estimators import ESTIMATORS, recipe_prior
@@ -41,6 +50,8 @@ from evomerge.search.space import FitnessSettings
 Answer = Callable[[np.ndarray], np.ndarray]
 #: Anchor items per task when the space's ``fitness.items`` is not set.
 DEFAULT_ITEMS = 50
+#: Verification batches grow by this share of the items answered so far (about 17 steps from 50 to 5,000).
+VERIFY_GROWTH = 0.25
 
 
 @dataclass(frozen=True)
@@ -95,6 +106,8 @@ class BankFitness:
         self.anchors: Anchors = ANCHORS.get(settings.anchors)(self.params, self.k, seed=seed, theta=0.0)
         self.rows: list[tuple[np.ndarray, np.ndarray]] = []
         self.incumbent: float | None = None
+        self.evaluated: list[tuple[np.ndarray, float]] = []  # (costs, accuracy) of each evaluation, for the front
+        self.shared: list[tuple[np.ndarray, float]] = []  # the driver's front, from share()
         self.refits = 0
         self.source_answers: dict[str, np.ndarray] = {}
         self.source_thetas: dict[str, float | np.ndarray] = {}
@@ -111,26 +124,53 @@ class BankFitness:
             raise UserError(f"mpirt: no ability for source model(s) {', '.join(missing)}")
         return recipe_prior([self.source_thetas[m] for m in mixing], list(mixing.values()))
 
-    def evaluate(self, answer: Answer, prior: ThetaPrior | None = None) -> Scored:
-        """Anchors, adaptive extension, verification of a new best, and the periodic refit."""
+    def share(self, front: Sequence[tuple[np.ndarray, float, bool]]) -> None:
+        """The driver's Pareto front as (costs, accuracy, verified): verified accuracies raise the
+        incumbent; every point joins the front threshold (replacing the previous shared front)."""
+        verified = [acc for _, acc, ok in front if ok]
+        if verified:
+            self.incumbent = max(verified + ([self.incumbent] if self.incumbent is not None else []))
+        self.shared = [(np.asarray(c, dtype=float), acc) for c, acc, _ in front]
+
+    def threshold(self, costs: np.ndarray | None) -> float:
+        """What the adaptive step tests against: the incumbent, or the front's accuracy at ``costs``."""
+        assert self.incumbent is not None
+        if self.settings.threshold == "front" and costs is not None:
+            return front_threshold(self.evaluated + self.shared, costs)
+        return self.incumbent
+
+    def evaluate(self, answer: Answer, prior: ThetaPrior | None = None, costs: np.ndarray | None = None) -> Scored:
+        """Anchors, adaptive extension, verification of a new best, and the periodic refit.
+
+        ``costs``: the candidate's other objectives, smaller is better (used by ``threshold: front``)."""
         s = self.settings
         if s.adaptive and self.incumbent is not None:
-            result = adaptive_evaluate(answer, self.params, self.anchors.items, self.incumbent, estimator=s.estimator,
-                                       z=s.z, batch=s.batch, max_items=s.max_items, prior=prior)
+            result = adaptive_evaluate(answer, self.params, self.anchors.items, self.threshold(costs),
+                                       estimator=s.estimator, z=s.z, batch=s.batch, max_items=s.max_items, prior=prior)
             estimate, items, correct = result.estimate, result.items, result.correct
         else:
             items = self.anchors.items
             correct = np.asarray(answer(items), dtype=float)
             estimate = ESTIMATORS.get(s.estimator)(self.params, items, correct, weights=self.anchors.weights,
                                                    prior=prior, pirt_mae=self.pirt_mae)
-        value, stderr, verified = estimate.value, estimate.stderr, False
-        if self.incumbent is None or value > self.incumbent:
+        value, stderr = estimate.value, estimate.stderr
+        if self.incumbent is None:  # the first candidate answers everything: the first incumbent
             rest = np.setdiff1d(np.arange(self.n), items)
             items = np.concatenate([items, rest])
             correct = np.concatenate([correct, np.asarray(answer(rest), dtype=float)])
-            value, stderr, verified = float(correct.mean()), 0.0, True
+        elif value > self.incumbent:
+            check = adaptive_evaluate(answer, self.params, items, self.incumbent, estimator="pirt", z=s.z,
+                                      batch=s.batch, prior=prior, answered=correct, until_below=True,
+                                      growth=VERIFY_GROWTH)
+            items, correct = check.items, check.correct
+            value, stderr = check.estimate.value, check.estimate.stderr
+        verified = len(items) == self.n
+        if verified:
+            value, stderr = float(correct.mean()), 0.0
             self.incumbent = value if self.incumbent is None else max(self.incumbent, value)
         self.rows.append((items, correct))
+        if costs is not None:
+            self.evaluated.append((np.asarray(costs, dtype=float), value))
         if s.recalibrate_every and len(self.rows) % s.recalibrate_every == 0:
             self.refit()
         return Scored(value, stderr, items, correct, verified)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ import torch
 
 from evomerge.core.probe import ActivationCache
 from evomerge.data.tasks import TaskData, load_task
-from evomerge.distributed.pool import EvalResult, TaskResponses
+from evomerge.distributed.pool import EvalResult, Known, TaskResponses
 from evomerge.errors import ConfigError, UserError
 from evomerge.evaluate import responses
 from evomerge.fitness.search_fitness import BankFitness, Scored
@@ -97,14 +98,20 @@ class RecipeEvaluator:
 
         In IRT mode the accuracies are estimates; ``recipe`` gives ``mpirt`` its prior."""
         model = built.module.to(self.device)
-        metrics: dict[str, float] = {}
+        metrics: dict[str, float] = {"params": float(built.params), "added_params": float(built.added_params)}
+        first = next(iter(self.tasks.values()))
+        x = first.x[:LATENCY_BATCH].to(self.device)
+        start = time.perf_counter()
+        model(x, first.key)
+        metrics["latency_ms"] = (time.perf_counter() - start) * 1000
+        costs = self.costs(metrics)
         answered: list[TaskResponses] = []
         for name, task in self.tasks.items():
             def run(x: torch.Tensor, key: str = task.key) -> torch.Tensor:
                 return model(x, key)
 
             if name in self.fitness:
-                scored = self._estimate(self.fitness[name], run, task, recipe)
+                scored = self._estimate(self.fitness[name], run, task, recipe, costs)
                 metrics[f"accuracy/{name}"] = scored.value
                 metrics[f"accuracy_stderr/{name}"] = scored.stderr
                 metrics[f"items/{name}"] = float(len(scored.items))
@@ -120,16 +127,10 @@ class RecipeEvaluator:
         if self.fitness:
             metrics["accuracy_stderr/mean"] = math.sqrt(sum(
                 (metrics.get(f"accuracy_stderr/{n}", 0.0) * w) ** 2 for n, w in self.weights.items())) / total
-        metrics["params"] = float(built.params)
-        metrics["added_params"] = float(built.added_params)
-        first = next(iter(self.tasks.values()))
-        x = first.x[:LATENCY_BATCH].to(self.device)
-        start = time.perf_counter()
-        model(x, first.key)
-        metrics["latency_ms"] = (time.perf_counter() - start) * 1000
         return metrics, answered
 
-    def _estimate(self, fitness: BankFitness, run: Any, task: TaskData, recipe: dict[str, Any] | None) -> Scored:
+    def _estimate(self, fitness: BankFitness, run: Any, task: TaskData, recipe: dict[str, Any] | None,
+                  costs: np.ndarray) -> Scored:
         def answer(items: np.ndarray) -> np.ndarray:
             index = torch.as_tensor(np.asarray(items, dtype=np.int64))
             return responses(run, task, device=self.device, items=index).numpy()
@@ -139,9 +140,18 @@ class RecipeEvaluator:
             if recipe is None:
                 raise UserError("estimator 'mpirt' needs the recipe: score(built, recipe)")
             prior = fitness.prior(recipe_mixing(recipe, task.key))
-        return fitness.evaluate(answer, prior)
+        return fitness.evaluate(answer, prior, costs)
 
-    def evaluate(self, candidate_id: str, recipe: dict[str, Any]) -> EvalResult:
+    def costs(self, metrics: Mapping[str, float]) -> np.ndarray:
+        """The candidate's objectives other than accuracy, oriented so that smaller is better."""
+        return np.array([metrics[o.metric] * (1.0 if o.direction == "min" else -1.0)
+                         for o in self.space.objectives if o.metric != "accuracy"])
+
+    def evaluate(self, candidate_id: str, recipe: dict[str, Any], known: Known | None = None) -> EvalResult:
+        """Build and score; ``known`` (the driver's front) is shared with the IRT fitness first."""
         start = time.perf_counter()
+        for name, fitness in self.fitness.items():
+            if known:
+                fitness.share([(self.costs(m), m[f"accuracy/{name}"], bool(m.get(f"verified/{name}"))) for m in known])
         metrics, answered = self.score(self.build(recipe), recipe)
         return EvalResult(candidate_id, "ok", metrics, answered, time.perf_counter() - start)

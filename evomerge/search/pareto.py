@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from deap import base, tools
 
@@ -20,6 +21,20 @@ def pareto_front(values: Sequence[Sequence[float]], directions: Sequence[str]) -
     points = [_Point(fitness(tuple(v)), i) for i, v in enumerate(values)]
     front = tools.sortNondominated(points, len(points), first_front_only=True)[0]
     return sorted(p.index for p in front)
+
+
+def dominates(u: Sequence[float], v: Sequence[float], directions: Sequence[str]) -> bool:
+    """Whether ``u`` is at least as good as ``v`` on every objective and better on one."""
+    signed = [(a, b) if d == "max" else (-a, -b) for a, b, d in zip(u, v, directions)]
+    return all(a >= b for a, b in signed) and any(a > b for a, b in signed)
+
+
+def add_to_front(front: list[tuple[Sequence[float], Any]], point: Sequence[float], item: Any,
+                 directions: Sequence[str]) -> list[tuple[Sequence[float], Any]]:
+    """The non-dominated set after ``point`` (carrying ``item``) arrives: O(front) per point."""
+    if any(dominates(v, point, directions) for v, _ in front):
+        return front
+    return [(v, i) for v, i in front if not dominates(point, v, directions)] + [(point, item)]
 
 
 def best_index(values: Sequence[Sequence[float]], directions: Sequence[str]) -> int | None:

@@ -6,6 +6,9 @@ checkpoints after each ask too, so every logged id was asked in the last checkpo
 Resuming therefore replays logged results the engine has not learned and re-submits
 the candidates asked but never logged (in flight at the kill): no finished
 evaluation is repeated or lost.
+
+Each submission carries the metrics of the current Pareto front (kept incrementally), the
+driver's view that every worker's IRT fitness shares (its incumbent and front threshold).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 from evomerge.distributed.pool import EvalResult, Pool
 from evomerge.fitness.responses import ResponseLog
 from evomerge.search.engines import ENGINES, Candidate, Engine
-from evomerge.search.pareto import best_index, pareto_front
+from evomerge.search.pareto import add_to_front, best_index, pareto_front
 from evomerge.search.progress import SearchProgress
 from evomerge.search.run_folder import RunFolder
 from evomerge.search.space import SearchSpace, decode, dump_space
@@ -48,6 +51,9 @@ class SearchRunner:
             self.responses.register_items(task, split, ids)
         self.show_progress = progress
         self.in_flight: dict[str, tuple[Candidate, dict]] = {}
+        self.front: list[tuple[list[float], dict[str, float]]] = []  # (objective values, metrics), non-dominated
+        for rec in self.records:
+            self._update_front(rec)
         self._elapsed_before = self.records[-1]["elapsed_s"] if self.records else 0.0
         self._start = time.perf_counter()
 
@@ -92,10 +98,16 @@ class SearchRunner:
             record["error"] = error
         return record
 
+    def _update_front(self, record: dict[str, Any]) -> None:
+        values = self.values(record)
+        if values is not None:
+            self.front = add_to_front(self.front, values, record["metrics"], self.space.directions)
+
     def _finish(self, result: EvalResult, progress: SearchProgress | None) -> None:
         cand, recipe = self.in_flight.pop(result.id)
         record = self._record(cand, recipe, result)
         self.folder.append(record)
+        self._update_front(record)
         for r in result.responses:
             self.responses.append(cand.id, r.task, r.split, r.items, r.correct)
         self.records.append(record)
@@ -119,7 +131,7 @@ class SearchRunner:
             self.engine.checkpoint()
             recipe = decode(self.space, cand.genome)
             self.in_flight[cand.id] = (cand, recipe)
-            self.pool.submit(cand.id, recipe)
+            self.pool.submit(cand.id, recipe, [metrics for _, metrics in self.front])
 
     # ---- the loop ----------------------------------------------------------------
 

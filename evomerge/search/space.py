@@ -165,9 +165,11 @@ class FitnessSettings(Strict):
 
     ``estimator`` and ``anchors`` name entries of :mod:`evomerge.fitness`'s registries;
     ``items`` anchor items per task; ``adaptive`` adds the most informative items in
-    batches of ``batch`` until the estimate's ``z``-interval clears the incumbent
-    (at most ``max_items``); every ``recalibrate_every`` evaluations the bank is refitted
-    on its source runs plus the run's answers (None: never).
+    batches of ``batch`` until the estimate's ``z``-interval clears the threshold (at most
+    ``max_items``): ``threshold: best`` is the incumbent (best verified accuracy), ``front`` the
+    accuracy the candidate must beat to join the Pareto front given its other objectives;
+    every ``recalibrate_every`` evaluations the bank is refitted on its source runs plus the
+    run's answers (None: never).
     """
 
     estimator: str = "full"
@@ -178,6 +180,7 @@ class FitnessSettings(Strict):
     z: Annotated[float, Field(gt=0)] = 1.96
     batch: Annotated[int, Field(ge=1)] = 10
     max_items: Annotated[int, Field(ge=1)] | None = None
+    threshold: Literal["best", "front"] = "best"
     recalibrate_every: Annotated[int, Field(ge=1)] | None = None
 
     @model_validator(mode="after")
