@@ -7,6 +7,11 @@ of the difficulties, and the wall time. ``pyirt_defaults`` is pyirt with its own
 settings (21 points on [-6, 6], the shared bounds). The last rows time ``mml`` alone on a bank
 the size of a real validation split (pyirt would take minutes there).
 
+Then the multidimensional backends on simulated D-dimensional 2PL data (``MIRT_SHAPE``, 10% missing):
+``mirt`` (grid EM, D <= 3) and ``jml`` (joint MAP) fitted in the true D, and ``mirt`` in D = 3 where
+the truth has 6 (grid EM cannot go further): mean absolute error and correlation of the fitted
+P(correct) at the fitted abilities against the true P at the true abilities, and wall time.
+
     OMP_NUM_THREADS=1 python benchmarks/irt_backends.py [--seeds 3]
 """
 
@@ -25,9 +30,12 @@ import numpy as np  # noqa: E402
 from scipy.stats import pearsonr  # noqa: E402
 
 from evomerge.fitness.irt.fit import FitBounds  # noqa: E402
+from evomerge.fitness.irt.jml import fit_jml  # noqa: E402
+from evomerge.fitness.irt.mirt import fit_mirt  # noqa: E402
 from evomerge.fitness.irt.mml import fit_mml  # noqa: E402
+from evomerge.fitness.irt.model import prob  # noqa: E402
 from evomerge.fitness.irt.pyirt_backend import fit_pyirt  # noqa: E402
-from evomerge.fitness.irt.simulate import simulate_2pl  # noqa: E402
+from evomerge.fitness.irt.simulate import simulate_2pl, simulate_mirt  # noqa: E402
 
 CONFIGS = {
     "mml": lambda y: fit_mml(y),
@@ -37,6 +45,19 @@ CONFIGS = {
 }
 SHAPES = [(200, 500), (500, 500)]
 LARGE = (400, 14_000)
+MIRT_SHAPE = (500, 1000)
+MIRT_CASES = [(3, "mirt", 3), (3, "jml", 3), (6, "mirt", 3), (6, "jml", 6)]  # (true D, backend, fitted D)
+
+
+def measure_mirt(true_dim: int, backend: str, dim: int, seed: int) -> dict:
+    y, truth, theta = simulate_mirt(*MIRT_SHAPE, dim=true_dim, seed=seed, missing=0.1)
+    start = time.perf_counter()
+    result = (fit_mirt if backend == "mirt" else fit_jml)(y, dim=dim)
+    wall = time.perf_counter() - start
+    p_fit, p_true = prob(result.theta, result.params), prob(theta, truth)
+    return {"true_dim": true_dim, "backend": backend, "dim": dim, "seed": seed,
+            "p_mae": float(np.abs(p_fit - p_true).mean()), "p_pearson": float(pearsonr(p_fit.ravel(), p_true.ravel())[0]),
+            "wall_s": wall, "n_iter": result.n_iter, "converged": bool(result.converged)}
 
 
 def measure(name: str, y: np.ndarray, truth, shape, seed: int) -> dict:
@@ -76,6 +97,18 @@ def main() -> int:
                   f"{m['wall_s']:7.2f} {ratio:10.1f} {m['pearson_b'] - mean['mml']['pearson_b']:+9.4f}")
         summary[key] = mean
     summary["pyirt_time_ratio_500x500"] = summary["500x500"]["pyirt"]["wall_s"] / summary["500x500"]["mml"]["wall_s"]
+
+    mirt_rows = [measure_mirt(*case, seed) for case in MIRT_CASES for seed in range(args.seeds)]
+    print(f"\nMultidimensional, {MIRT_SHAPE[0]} x {MIRT_SHAPE[1]}, 10% missing; fitted vs true P(correct)")
+    print(f"{'true D':>6} {'backend':>7} {'D':>2} {'P MAE':>6} {'P r':>6} {'wall_s':>7} {'time / mirt D=3':>15}")
+    base = np.mean([r["wall_s"] for r in mirt_rows if (r["true_dim"], r["backend"]) == (3, "mirt")])
+    for true_dim, backend, dim in MIRT_CASES:
+        sel = [r for r in mirt_rows if (r["true_dim"], r["backend"], r["dim"]) == (true_dim, backend, dim)]
+        m = {k: float(np.mean([r[k] for r in sel])) for k in ("p_mae", "p_pearson", "wall_s")}
+        print(f"{true_dim:6d} {backend:>7} {dim:2d} {m['p_mae']:6.3f} {m['p_pearson']:6.3f} {m['wall_s']:7.2f} "
+              f"{m['wall_s'] / base:15.2f}")
+        summary[f"mirt_true{true_dim}_{backend}_d{dim}"] = m
+    rows += mirt_rows
     out = {"benchmark": "irt_backends", "command": "OMP_NUM_THREADS=1 python " + " ".join(sys.argv),
            "rows": rows, "summary": summary}
     path = Path(__file__).parent / "results" / "irt_backends.json"
