@@ -3,17 +3,19 @@
 1. Pools, every candidate evaluated on the full validation split: *diverse* = the random-engine run
    ``runs/calib_random`` (made by the command in docs/irt.md if missing), *close* = the last
    ``CLOSE`` candidates of a full-fitness TPE search (step 3's).
-2. Two banks are calibrated on ``N_TRAIN`` diverse candidates: the unidimensional 2PL (``mml``) and
-   the multidimensional one (``mirt``, D = 2 or 3 by held-out likelihood); on the other diverse ones
+2. Three banks are calibrated on ``N_TRAIN`` diverse candidates: the unidimensional 2PL (``mml``),
+   the multidimensional one by grid EM (``mirt``, D = 2 or 3) and by joint MAP (``jml``, D = 4, 8
+   or 12), D by held-out likelihood; on the other diverse ones
    and on the close pool, for each bank × estimator × anchor selection × K (seeds 0-2 for the
    seeded selections), the estimate is compared with the full validation accuracy: MAE in points,
    Spearman and Kendall (scipy), top-1 agreement on the close pool, cost reduction = 5,000 ÷ items.
    Adaptive (p-IRT, threshold = the running best true accuracy in search order, as the search's
    verified incumbent) against fixed random anchors of the same average cost, on the close pool.
-3. The default space searched with TPE (seed 0, ``BUDGET`` candidates) with full fitness (reused when
-   its run folder is complete: the search is deterministic given the space and seed) and with IRT
-   fitness from the shipped bank (``IRT_FITNESS`` variants): the winner's full-test accuracy and the
-   item evaluations.
+3. The default space searched with TPE (seeds ``SEARCH_SEEDS``, ``BUDGET`` candidates each) with full
+   fitness (reused when its run folder is complete: the search is deterministic given the space and
+   seed) and with IRT fitness from the shipped bank (``IRT_FITNESS`` variants): the winner's
+   full-test accuracy and the item evaluations, per seed and averaged (one seed's winner moves by
+   about a point with the seed alone). Two searches run at a time, in spawned processes.
 
     OMP_NUM_THREADS=1 python benchmarks/irt_fidelity.py
 """
@@ -21,9 +23,11 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import shutil
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -55,17 +59,19 @@ BUDGET = 200
 KS = (25, 50, 100, 200)
 SEEDS = (0, 1, 2)
 BANK = str(ROOT / "item_banks" / "mnist1d_all.json")
-BACKENDS = ("mml", "mirt")  # the banks compared: unidimensional 2PL, multidimensional 2PL
-IRT_FITNESS = {  # search variants: adaptive p-IRT, and the best fixed setting of the fidelity table
-    "pirt_adaptive": {"estimator": "pirt", "bank": BANK, "items": 50, "anchors": "stratified", "adaptive": True,
-                      "batch": 10, "max_items": 200, "recalibrate_every": 50},
-    "greg_k100": {"estimator": "greg", "bank": BANK, "items": 100, "anchors": "neyman", "recalibrate_every": 50},
+BACKENDS = ("mml", "mirt", "jml")  # the banks compared: 2PL; D-dim 2PL by grid EM and by joint MAP
+SEARCH_SEEDS = (0, 1, 2)
+IRT_FITNESS = {  # search variants: adaptive p-IRT, and a fixed setting of the fidelity table
+    "pirt_adaptive": {"estimator": "pirt", "bank": BANK, "items": 100, "anchors": "random", "adaptive": True,
+                      "batch": 10, "max_items": 400, "recalibrate_every": 50},
+    "greg_k100": {"estimator": "greg", "bank": BANK, "items": 100, "anchors": "random", "recalibrate_every": 50},
 }
-ADAPTIVE = ((25, 100), (25, 200), (50, 400))  # (anchors, max_items)
+ADAPTIVE = ((25, 100), (50, 200), (50, 400), (100, 400))  # (anchors, max_items)
 
 
 def search(space: SearchSpace, run_dir: Path, reuse: bool = False) -> dict[str, Any]:
     """Run a search in-process from scratch (what ``evomerge search`` does), or reuse a complete one."""
+    torch.set_num_threads(1)
     summary = run_dir / "summary.json"
     if reuse and summary.exists() and json.loads(summary.read_text())["complete"]:
         return json.loads(summary.read_text())
@@ -145,7 +151,8 @@ def bank_fidelity(cal: Any, pools: dict[str, tuple[np.ndarray, list[str]]], prio
                     per_seed = []
                     for a in anchor_sets:
                         est = np.array([ESTIMATORS.get(estimator)(params, a.items, row_y[a.items], weights=a.weights,
-                                                                  prior=priors[n], pirt_mae=mae).value
+                                                                  prior=priors[n] if estimator == "mpirt" else None,
+                                                                  pirt_mae=mae).value
                                         for row_y, n in zip(y, names)])
                         per_seed.append(rank_metrics(est, y.mean(axis=1)))
                     for key in ("mae_points", "spearman", "kendall", "top1"):
@@ -174,10 +181,16 @@ def main() -> None:
     start = time.perf_counter()
     space = load_space(SPACE, known_models())
     ensure_diverse(space)
-    tpe = with_overrides(space, **{"engine.name": "optuna_tpe", "seed": 0, "budget.evaluations": BUDGET})
     runs = ROOT / "runs"
-    full = search(tpe, runs / "irt_bench_full", reuse=True)
-    irt = {name: search(with_overrides(tpe, fitness=f), runs / f"irt_bench_{name}") for name, f in IRT_FITNESS.items()}
+    jobs = {}  # (fitness, seed) -> (space, run folder, reuse)
+    for seed in SEARCH_SEEDS:
+        tpe = with_overrides(space, **{"engine.name": "optuna_tpe", "seed": seed, "budget.evaluations": BUDGET})
+        suffix = "" if seed == 0 else f"_s{seed}"
+        jobs["full", seed] = (tpe, runs / f"irt_bench_full{suffix}", True)
+        for name, f in IRT_FITNESS.items():
+            jobs[name, seed] = (with_overrides(tpe, fitness=f), runs / f"irt_bench_{name}{suffix}", False)
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        done = dict(zip(jobs, pool.map(search, *zip(*jobs.values()))))
     rows, adaptive_rows, calibrations = fidelity(space, runs / "irt_bench_full")
 
     print(f"\nFidelity (estimate vs full validation accuracy); diverse: {300 - N_TRAIN} held-out random "
@@ -196,18 +209,31 @@ def main() -> None:
         print(f"{r['bank']:4} {r['anchors']:3d} {r['max_items']:4d} {r['seed']:4d} {r['mean_items']:6.1f} | {r['adaptive_spearman']:11.3f} "
               f"{r['adaptive_kendall']:7.3f} {r['adaptive_top1']:5.2f} | {r['fixed_spearman']:8.3f} "
               f"{r['fixed_kendall']:7.3f} {r['fixed_top1']:5.2f}")
+    print("mean over seeds:")
+    for b in BACKENDS:
+        for k0, cap in ADAPTIVE:
+            sel = [r for r in adaptive_rows if (r["bank"], r["anchors"], r["max_items"]) == (b, k0, cap)]
+            print(f"{b:4} {k0:3d} {cap:4d} items {np.mean([r['mean_items'] for r in sel]):6.1f} | adaptive Spearman "
+                  f"{np.mean([r['adaptive_spearman'] for r in sel]):.3f}, fixed {np.mean([r['fixed_spearman'] for r in sel]):.3f}")
 
     searches = []
-    for name, s in {"full": full, **irt}.items():
-        searches.append({"fitness": name, "winner": s["best"]["id"], "winner_val_objective": s["best"]["objectives"]["accuracy"],
+    for (name, seed), s in done.items():
+        searches.append({"fitness": name, "seed": seed, "winner": s["best"]["id"],
+                         "winner_val_objective": s["best"]["objectives"]["accuracy"],
                          "winner_full_test_accuracy": s["best"]["full_test_accuracy"],
-                         "item_evaluations": s["item_evaluations"], "wall_s": s["wall_s"]})
-    print(f"\nSearch: TPE, seed 0, {BUDGET} candidates; IRT fitness variants: {IRT_FITNESS}")
-    print(f"{'fitness':14} {'winner':7} {'val acc':>7} {'test acc':>8} {'item evals':>10} {'share':>6} {'wall s':>7}")
+                         "item_evaluations": s["item_evaluations"], "wall_s": s["wall_s"],
+                         "item_share": s["item_evaluations"] / done["full", seed]["item_evaluations"]})
+    print(f"\nSearch: TPE, seeds {SEARCH_SEEDS}, {BUDGET} candidates; IRT fitness variants: {IRT_FITNESS}")
+    print(f"{'fitness':14} {'seed':>4} {'winner':7} {'val acc':>7} {'test acc':>8} {'item evals':>10} {'share':>6} {'wall s':>7}")
     for s in searches:
-        s["item_share"] = s["item_evaluations"] / searches[0]["item_evaluations"]
-        print(f"{s['fitness']:14} {s['winner']:7} {s['winner_val_objective']:7.4f} {s['winner_full_test_accuracy']:8.4f} "
-              f"{s['item_evaluations']:10d} {s['item_share']:6.3f} {s['wall_s']:7.1f}")
+        print(f"{s['fitness']:14} {s['seed']:4d} {s['winner']:7} {s['winner_val_objective']:7.4f} "
+              f"{s['winner_full_test_accuracy']:8.4f} {s['item_evaluations']:10d} {s['item_share']:6.3f} {s['wall_s']:7.1f}")
+    mean_test = {name: float(np.mean([s["winner_full_test_accuracy"] for s in searches if s["fitness"] == name]))
+                 for name in ("full", *IRT_FITNESS)}
+    mean_share = {name: float(np.mean([s["item_share"] for s in searches if s["fitness"] == name])) for name in IRT_FITNESS}
+    for name in ("full", *IRT_FITNESS):
+        print(f"{name:14} mean over seeds: winner test accuracy {mean_test[name]:.4f}"
+              + (f", item share {mean_share[name]:.3f}" if name in mean_share else ""))
 
     qualifying = [r for r in rows if r["cost_reduction"] >= 50]
     best = min(qualifying, key=lambda r: r["diverse_mae_points"])
@@ -216,13 +242,14 @@ def main() -> None:
         "cost_reduction": best["cost_reduction"], "close_pool_top1": best["close_top1"],
         "best_setting": {k: best[k] for k in ("bank", "estimator", "anchors", "k")},
         "calibration": calibrations,
-        "adaptive_close_spearman": {b: float(np.mean([r["adaptive_spearman"] for r in adaptive_rows if r["bank"] == b]))
-                                    for b in BACKENDS},
-        "fixed_close_spearman": {b: float(np.mean([r["fixed_spearman"] for r in adaptive_rows if r["bank"] == b]))
-                                 for b in BACKENDS},
-        "full_search_test_accuracy": searches[0]["winner_full_test_accuracy"],
-        "irt_search_test_accuracy": {s["fitness"]: s["winner_full_test_accuracy"] for s in searches[1:]},
-        "irt_search_item_share": {s["fitness"]: s["item_share"] for s in searches[1:]},
+        "adaptive_vs_fixed_close_spearman": {
+            f"{b} K0={k0} cap={cap}": [float(np.mean([r[f"{kind}_spearman"] for r in adaptive_rows
+                                                      if (r["bank"], r["anchors"], r["max_items"]) == (b, k0, cap)]))
+                                       for kind in ("adaptive", "fixed")]
+            for b in BACKENDS for k0, cap in ADAPTIVE},
+        "full_search_test_accuracy": mean_test["full"],
+        "irt_search_test_accuracy": {name: mean_test[name] for name in IRT_FITNESS},
+        "irt_search_item_share": mean_share,
         "wall_s": time.perf_counter() - start,
     }
     print(f"\nBest setting with >= 50x fewer items: {summary['best_setting']}: MAE {summary['mae_points']:.2f} points, "
