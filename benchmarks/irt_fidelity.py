@@ -53,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SPACE = ROOT / "search_spaces" / "cross_arch.yaml"
 TASK = "mnist1d/all"
 DIVERSE = ROOT / "runs" / "calib_random"
+CALIB_TPE = ROOT / "runs" / "calib_tpe"
 N_TRAIN = 200
 CLOSE = 80
 BUDGET = 200
@@ -81,11 +82,13 @@ def search(space: SearchSpace, run_dir: Path, reuse: bool = False) -> dict[str, 
         return run_search(space, pool, run_dir, final_eval=final_eval, item_ids=item_ids, progress=False)
 
 
-def ensure_diverse(space: SearchSpace) -> None:
-    summary = DIVERSE / "summary.json"
-    if not (summary.exists() and json.loads(summary.read_text())["complete"]):
-        search(with_overrides(space, **{"engine.name": "random", "engine.settings": {}, "seed": 1,
-                                        "budget.evaluations": 300}), DIVERSE)
+def ensure_calibration_runs(space: SearchSpace) -> None:
+    """The shipped bank's source runs (docs/irt.md's commands), made if missing: the diverse pool, and
+    the runs the bank's recalibration reads (checked against the bank's SHA-256; the searches are
+    deterministic, so remade runs match)."""
+    random = {"engine.name": "random", "engine.settings": {}}  # as `evomerge search --engine random`
+    for engine, run in ((random, DIVERSE), ({}, CALIB_TPE)):  # the space's own engine is TPE
+        search(with_overrides(space, **engine, seed=1, **{"budget.evaluations": 300}), run, reuse=True)
 
 
 def recipes(run: Path) -> dict[str, dict]:
@@ -180,7 +183,7 @@ def main() -> None:
     torch.set_num_threads(1)
     start = time.perf_counter()
     space = load_space(SPACE, known_models())
-    ensure_diverse(space)
+    ensure_calibration_runs(space)
     runs = ROOT / "runs"
     jobs = {}  # (fitness, seed) -> (space, run folder, reuse)
     for seed in SEARCH_SEEDS:
