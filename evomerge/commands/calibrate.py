@@ -13,9 +13,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", required=True, help="task key dataset/condition, e.g. mnist1d/all")
     p.add_argument("--out", required=True, help="bank file to write, e.g. item_banks/mnist1d_all.json")
     p.add_argument("--split", default="val", choices=["val", "test"], help="item split (default val)")
-    p.add_argument("--backend", default="mml", help="calibration backend: mml (1-D 2PL, default), pyirt, or mirt "
-                   "(multidimensional 2PL; see docs/irt.md)")
-    p.add_argument("--dim", type=int, help="mirt only: ability dimensions (default: 2 or 3, by held-out likelihood)")
+    p.add_argument("--backend", default="mml", help="calibration backend: mml (1-D 2PL, default), pyirt, mirt "
+                   "(multidimensional 2PL by grid EM, D <= 3) or jml (by joint MAP, any D); see docs/irt.md")
+    p.add_argument("--dim", type=int, help="mirt and jml: ability dimensions (default: chosen by held-out "
+                   "likelihood among 2, 3 for mirt and 4, 8, 12 for jml)")
     p.add_argument("--holdout", type=float, default=0.2, help="share of candidates held out for fit quality")
     p.add_argument("--seed", type=int, default=0, help="seed of the hold-out split")
     p.set_defaults(func=run)

@@ -7,9 +7,10 @@ Over all predicted responses we report the mean log-likelihood (−sklearn ``log
 (sklearn ``roc_auc_score``) and, per candidate and half, the absolute error of the predicted
 accuracy (``heldout_mae``, the bias scale gp-IRT uses). The same log-likelihood with each item
 predicted by its training-set mean is reported beside it as the no-ability baseline. The bank's
-parameters come from a final fit on every candidate. A multidimensional backend (``mirt``) is
-fitted on the training candidates in each of its dimensions (``DIMS``, 2 and 3) and the final
-fit takes the D of the largest held-out log-likelihood (``dim`` fixes it instead).
+parameters come from a final fit on every candidate. A multidimensional backend is fitted on
+the training candidates in each of its dimensions (``DIMS``: 2 and 3 for ``mirt``, 4, 8 and 12
+for ``jml``) and the final fit takes the D of the largest held-out log-likelihood (``dim`` fixes
+it instead).
 
 Items every candidate answered the same way (or nobody answered) are kept, with their bounded
 parameters, and flagged: ``all_correct``, ``all_wrong``, ``unanswered``.
