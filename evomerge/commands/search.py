@@ -56,8 +56,7 @@ def resolve_space(args: argparse.Namespace) -> tuple[SearchSpace, Path]:
         if not args.run_dir:
             raise UserError("--resume needs --run-dir (the run folder to continue)")
         run_dir = Path(args.run_dir)
-        RunFolder(run_dir).require_existing()
-        space = load_space(RunFolder(run_dir).space_path, known_models())
+        space = RunFolder(run_dir).load_space(known_models())
         if args.engine or args.seed is not None:
             raise UserError("--engine and --seed cannot change on --resume (the run keeps its own)")
     else:

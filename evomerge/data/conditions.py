@@ -99,7 +99,7 @@ _CONDITIONS: dict[str, list[Condition]] = {
         Condition("noise", "transform", "additive Gaussian noise, sigma 0.3", transform=_noise(0.3)),
         Condition("shift", "transform", "circular shift right by 2 pixels", transform=_roll(2)),
         Condition("rot90", "transform", "rotation by 90 degrees", transform=lambda x, rng: np.rot90(x, 1, axes=(-2, -1)).copy()),
-        Condition("flip", "transform", "horizontal mirror", transform=lambda x, rng: x[..., ::-1].copy()),
+        Condition("flip", "transform", "horizontal mirror", transform=_reverse),
         Condition("invert", "transform", "intensity inversion 1 - x", transform=lambda x, rng: 1.0 - x),
     ],
 }

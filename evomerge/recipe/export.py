@@ -103,12 +103,9 @@ def find_candidate(folder: RunFolder, candidate: str = "best") -> dict[str, Any]
 
 def export_candidate(run_dir: str | Path, out: str | Path, candidate: str = "best") -> Path:
     """Materialize a run's candidate from the zoo and write it as a model folder."""
-    from evomerge.search.space import load_space
-
     run_dir, out = Path(run_dir), Path(out)
     folder = RunFolder(run_dir)
-    folder.require_existing()
-    space = load_space(folder.space_path)
+    space = folder.load_space()
     record = find_candidate(folder, candidate)
     zoo = Zoo(seed=space.zoo.seed)
     ids = recipe_models(record["recipe"])

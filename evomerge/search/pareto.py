@@ -13,11 +13,16 @@ class _Point:
         self.fitness, self.index = fitness, index
 
 
+def fitness_class(directions: Sequence[str]) -> type[base.Fitness]:
+    """A DEAP fitness class weighting each objective +1 (max) or −1 (min)."""
+    return type("Fitness", (base.Fitness,), {"weights": tuple(1.0 if d == "max" else -1.0 for d in directions)})
+
+
 def pareto_front(values: Sequence[Sequence[float]], directions: Sequence[str]) -> list[int]:
     """Indices (ascending) of the points no other point dominates."""
     if not values:
         return []
-    fitness = type("Fitness", (base.Fitness,), {"weights": tuple(1.0 if d == "max" else -1.0 for d in directions)})
+    fitness = fitness_class(directions)
     points = [_Point(fitness(tuple(v)), i) for i, v in enumerate(values)]
     front = tools.sortNondominated(points, len(points), first_front_only=True)[0]
     return sorted(p.index for p in front)

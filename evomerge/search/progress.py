@@ -78,6 +78,3 @@ class SearchProgress:
             f" | eta {_fmt_duration(eta) if eta is not None else '-'}",
             highlight=False, markup=False,
         )
-
-    def message(self, text: str) -> None:
-        self.console.print(text, highlight=False, markup=False)

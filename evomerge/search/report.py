@@ -20,7 +20,7 @@ from evomerge.errors import UserError  # noqa: E402
 from evomerge.search.engines.random_search import RandomSearch  # noqa: E402
 from evomerge.search.pareto import pareto_front  # noqa: E402
 from evomerge.search.run_folder import RunFolder, read_json  # noqa: E402
-from evomerge.search.space import EngineSpec, SearchSpace, load_space  # noqa: E402
+from evomerge.search.space import EngineSpec, SearchSpace  # noqa: E402
 
 
 def gene_importance(space: SearchSpace, records: list[dict[str, Any]]) -> dict[str, float]:
@@ -30,7 +30,7 @@ def gene_importance(space: SearchSpace, records: list[dict[str, Any]]) -> dict[s
         if rec["status"] == "ok":
             engine.study.enqueue_trial({k: v for k, v in rec["genome"].items() if v is not None})
             cand = engine.ask()
-            engine.tell(cand.id, [rec["objectives"][o.name] for o in space.objectives])
+            engine.tell(cand.id, space.record_values(rec))
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=space.seed)
     return optuna.importance.get_param_importances(engine.study, evaluator=evaluator, target=lambda t: t.values[0])
 
@@ -90,8 +90,7 @@ def _fmt(objectives: dict[str, float]) -> str:
 def write_report(run_dir: str | Path) -> Path:
     """Write ``RUN/report/`` (PNG plots and ``report.md``); return the markdown path."""
     folder = RunFolder(run_dir)
-    folder.require_existing()
-    space = load_space(folder.space_path)
+    space = folder.load_space()
     records = folder.read_evaluations()
     if not records:
         raise UserError(f"{folder.evaluations_path}: no evaluations to report")
@@ -110,7 +109,7 @@ def write_report(run_dir: str | Path) -> Path:
         lines += ["## Best", "", f"`{best['id']}`: {_fmt(best['objectives'])}; "
                   f"full test accuracy {best.get('full_test_accuracy')}", ""]
     if len(space.objectives) > 1 and ok:
-        front = pareto_front([[r["objectives"][o.name] for o in space.objectives] for r in ok], space.directions)
+        front = pareto_front([space.record_values(r) for r in ok], space.directions)
         _plot_pareto(space, ok, front, out / "pareto.png")
         lines += ["## Pareto front", "", "| id | objectives |", "|---|---|"]
         lines += [f"| `{ok[i]['id']}` | {_fmt(ok[i]['objectives'])} |" for i in front]

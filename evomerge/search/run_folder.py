@@ -9,20 +9,27 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from evomerge.errors import UserError
+
+if TYPE_CHECKING:
+    from evomerge.search.space import SearchSpace
 
 SPACE_FILE = "space.yaml"
 EVALUATIONS_FILE = "evaluations.jsonl"
 SUMMARY_FILE = "summary.json"
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see half a file."""
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write through a temporary file and a rename, so readers never see half a file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_bytes_atomic(path, json.dumps(obj, indent=1).encode())
 
 
 def read_json(path: Path) -> Any:
@@ -58,6 +65,13 @@ class RunFolder:
     def require_existing(self) -> None:
         if not self.space_path.exists():
             raise UserError(f"{self.path}: not a run folder (no {SPACE_FILE})")
+
+    def load_space(self, known_models: set[str] | None = None) -> SearchSpace:
+        """The run's own copy of its space (the folder must exist)."""
+        from evomerge.search.space import load_space
+
+        self.require_existing()
+        return load_space(self.space_path, known_models)
 
     def read_evaluations(self, repair: bool = False) -> list[dict[str, Any]]:
         """Every complete record. An unterminated last line (killed mid-write) is skipped, and with

@@ -66,7 +66,7 @@ class SearchRunner:
     def values(self, record: dict[str, Any]) -> list[float] | None:
         if record["status"] != "ok":
             return None
-        return [record["objectives"][o.name] for o in self.space.objectives]
+        return self.space.record_values(record)
 
     def _catch_up(self) -> list[Candidate]:
         """Tell the engine logged results it missed; return in-flight candidates to re-submit."""

@@ -47,6 +47,10 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+#: A probability setting of an engine, in [0, 1].
+Probability = Annotated[float, Field(ge=0, le=1)]
+
+
 class _GeneBase(Strict):
     name: Annotated[str, Field(min_length=1)]
     when: dict[str, Union[Scalar, list[Scalar]]] | None = None
@@ -229,6 +233,10 @@ class SearchSpace(Strict):
     @property
     def directions(self) -> list[str]:
         return [o.direction for o in self.objectives]
+
+    def record_values(self, record: Mapping[str, Any]) -> list[float]:
+        """A run record's objective values, in the space's order."""
+        return [record["objectives"][o.name] for o in self.objectives]
 
     def objective_values(self, metrics: Mapping[str, float]) -> list[float]:
         """The objectives' values from an evaluator's metrics; KeyError names a missing metric."""

@@ -137,7 +137,7 @@ class Zoo:
         stages = [[i for i in todo if not self.specs[i].base], [i for i in todo if self.specs[i].base]]
         for stage in stages:
             jobs = [(self.specs[i].model_dump_json(), self.seed, str(self._path(i)),
-                     str(self._path(self.specs[i].base).with_suffix(".safetensors")) if self.specs[i].base else None)
+                     str(self.weights_path(self.specs[i].base)) if self.specs[i].base else None)
                     for i in stage]
             if workers <= 1 or len(jobs) <= 1:
                 results = map(lambda j: _train_one(*j), jobs)

@@ -22,11 +22,11 @@ from deap import algorithms, base, tools
 from pydantic import Field
 
 from evomerge.search.engines.base import Candidate, Engine, candidate_id, worst_values
+from evomerge.search.pareto import fitness_class
 from evomerge.search.run_folder import read_json, write_json_atomic
-from evomerge.search.space import CategoricalGene, IntGene, SearchSpace, Strict, mask_inactive
+from evomerge.search.space import CategoricalGene, IntGene, Probability, SearchSpace, Strict, mask_inactive
 
 STATE_FILE = "engine_state.json"
-Probability = Annotated[float, Field(ge=0, le=1)]
 
 
 class DeapSettings(Strict):
@@ -115,8 +115,7 @@ class DeapEngine(Engine):
     def __init__(self, space: SearchSpace, state_dir: Path | None = None):
         super().__init__(space, state_dir)
         self.codec = GeneCodec(space, self.settings)
-        weights = tuple(1.0 if d == "max" else -1.0 for d in space.directions)
-        self._fitness_cls = type("Fitness", (base.Fitness,), {"weights": weights})
+        self._fitness_cls = fitness_class(space.directions)
         self.toolbox = base.Toolbox()
         self.toolbox.register("mate", self.codec.mate)
         self.toolbox.register("mutate", self.codec.mutate)

@@ -22,6 +22,7 @@ from optuna.samplers import BaseSampler
 from optuna.trial import Trial, TrialState
 
 from evomerge.search.engines.base import Candidate, Engine, candidate_id, worst_values
+from evomerge.search.run_folder import write_bytes_atomic
 from evomerge.search.space import CategoricalGene, IntGene, SearchSpace, is_active, mask_inactive
 
 STUDY_FILE = "study.db"
@@ -104,7 +105,4 @@ class OptunaEngine(Engine):
 
     def checkpoint(self) -> None:
         if self.state_dir:
-            path = self.state_dir / SAMPLER_FILE
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_bytes(pickle.dumps(self.study.sampler))
-            tmp.replace(path)
+            write_bytes_atomic(self.state_dir / SAMPLER_FILE, pickle.dumps(self.study.sampler))

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from optuna.samplers import BaseSampler, NSGAIISampler
-from pydantic import Field
 
 from evomerge.search.engines.base import ENGINES
 from evomerge.search.engines.optuna_base import OptunaEngine
-from evomerge.search.space import Strict
-
-Probability = Annotated[float, Field(ge=0, le=1)]
+from evomerge.search.space import Probability, Strict
 
 
 class NSGA2Settings(Strict):
