@@ -54,6 +54,7 @@ SPACE = ROOT / "search_spaces" / "cross_arch.yaml"
 TASK = "mnist1d/all"
 DIVERSE = ROOT / "runs" / "calib_random"
 CALIB_TPE = ROOT / "runs" / "calib_tpe"
+CALIBRATION_BUDGET = 300  # candidates in each of the shipped bank's source runs
 N_TRAIN = 200
 CLOSE = 80
 BUDGET = 200
@@ -88,7 +89,7 @@ def ensure_calibration_runs(space: SearchSpace) -> None:
     deterministic, so remade runs match)."""
     random = {"engine.name": "random", "engine.settings": {}}  # as `evomerge search --engine random`
     for engine, run in ((random, DIVERSE), ({}, CALIB_TPE)):  # the space's own engine is TPE
-        search(with_overrides(space, **engine, seed=1, **{"budget.evaluations": 300}), run, reuse=True)
+        search(with_overrides(space, **engine, seed=1, **{"budget.evaluations": CALIBRATION_BUDGET}), run, reuse=True)
 
 
 def recipes(run: Path) -> dict[str, dict]:
@@ -196,7 +197,7 @@ def main() -> None:
         done = dict(zip(jobs, pool.map(search, *zip(*jobs.values()))))
     rows, adaptive_rows, calibrations = fidelity(space, runs / "irt_bench_full")
 
-    print(f"\nFidelity (estimate vs full validation accuracy); diverse: {300 - N_TRAIN} held-out random "
+    print(f"\nFidelity (estimate vs full validation accuracy); diverse: {CALIBRATION_BUDGET - N_TRAIN} held-out random "
           f"candidates, close: the last {CLOSE} of a TPE search; seeded selections averaged over seeds {SEEDS}")
     print(f"{'bank':4} {'estimator':9} {'anchors':10} {'K':>4} {'x fewer':>7} | {'MAE pt':>6} {'Spear':>6} {'Kendall':>7} | "
           f"{'close Sp':>8} {'Kendall':>7} {'top-1':>5}")
@@ -213,11 +214,13 @@ def main() -> None:
               f"{r['adaptive_kendall']:7.3f} {r['adaptive_top1']:5.2f} | {r['fixed_spearman']:8.3f} "
               f"{r['fixed_kendall']:7.3f} {r['fixed_top1']:5.2f}")
     print("mean over seeds:")
+    adaptive_means = {}  # (bank, K0, cap) -> mean items, adaptive and fixed Spearman
     for b in BACKENDS:
         for k0, cap in ADAPTIVE:
             sel = [r for r in adaptive_rows if (r["bank"], r["anchors"], r["max_items"]) == (b, k0, cap)]
-            print(f"{b:4} {k0:3d} {cap:4d} items {np.mean([r['mean_items'] for r in sel]):6.1f} | adaptive Spearman "
-                  f"{np.mean([r['adaptive_spearman'] for r in sel]):.3f}, fixed {np.mean([r['fixed_spearman'] for r in sel]):.3f}")
+            items, ada, fix = (float(np.mean([r[k] for r in sel])) for k in ("mean_items", "adaptive_spearman", "fixed_spearman"))
+            adaptive_means[b, k0, cap] = (ada, fix)
+            print(f"{b:4} {k0:3d} {cap:4d} items {items:6.1f} | adaptive Spearman {ada:.3f}, fixed {fix:.3f}")
 
     searches = []
     for (name, seed), s in done.items():
@@ -245,11 +248,8 @@ def main() -> None:
         "cost_reduction": best["cost_reduction"], "close_pool_top1": best["close_top1"],
         "best_setting": {k: best[k] for k in ("bank", "estimator", "anchors", "k")},
         "calibration": calibrations,
-        "adaptive_vs_fixed_close_spearman": {
-            f"{b} K0={k0} cap={cap}": [float(np.mean([r[f"{kind}_spearman"] for r in adaptive_rows
-                                                      if (r["bank"], r["anchors"], r["max_items"]) == (b, k0, cap)]))
-                                       for kind in ("adaptive", "fixed")]
-            for b in BACKENDS for k0, cap in ADAPTIVE},
+        "adaptive_vs_fixed_close_spearman": {f"{b} K0={k0} cap={cap}": list(v)
+                                             for (b, k0, cap), v in adaptive_means.items()},
         "full_search_test_accuracy": mean_test["full"],
         "irt_search_test_accuracy": {name: mean_test[name] for name in IRT_FITNESS},
         "irt_search_item_share": mean_share,

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from evomerge.errors import UserError
-from evomerge.fitness.adaptive import adaptive_evaluate, front_threshold, most_informative, recalibrate
+from evomerge.fitness.adaptive import adaptive_evaluate, front_threshold, most_informative
 from evomerge.fitness.anchors import ANCHORS
+from evomerge.fitness.calibrate import recalibrate
 from evomerge.fitness.estimators import ESTIMATORS, recipe_prior
 from evomerge.fitness.irt.model import ItemParams, to_catsim
 from evomerge.fitness.irt.simulate import simulate_2pl

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from evomerge.errors import UserError
-from evomerge.fitness.calibrate import Calibration, calibrate
 from evomerge.fitness.estimators import ESTIMATORS, Estimate
 from evomerge.fitness.irt.ability import ThetaPrior
 from evomerge.fitness.irt.model import ItemParams, information
@@ -103,14 +102,3 @@ def adaptive_evaluate(
         items = np.concatenate([items, new])
         correct = np.concatenate([correct, np.asarray(answer(new), dtype=float)])
 
-
-def recalibrate(responses: np.ndarray, new_responses: np.ndarray, **calibrate_kwargs: object) -> Calibration:
-    """Refit the bank on the past matrix plus newly fully evaluated candidates' rows.
-
-    The refit re-centres the ability scale on the enlarged population (N(0, 1) prior), so abilities
-    and source priors must be re-estimated against the new bank rather than carried over.
-    """
-    old, new = np.asarray(responses, dtype=float), np.asarray(new_responses, dtype=float)
-    if new.ndim != 2 or new.shape[1] != old.shape[1]:
-        raise ValueError(f"new responses must have {old.shape[1]} items per row, got shape {new.shape}")
-    return calibrate(np.vstack([old, new]), **calibrate_kwargs)

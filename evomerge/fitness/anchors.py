@@ -30,7 +30,8 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import pairwise_distances_argmin
 
 from evomerge.errors import UserError
-from evomerge.fitness.irt.mirt import N_QUAD, product_grid
+from evomerge.fitness.irt.fit import product_grid
+from evomerge.fitness.irt.mirt import N_QUAD
 from evomerge.fitness.irt.model import ItemParams, information, prob
 from evomerge.registry import Registry
 

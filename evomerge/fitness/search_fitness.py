@@ -17,7 +17,7 @@ model on those items only (the only items that cost anything) and:
    incumbent is thus a true accuracy, not the maximum of noisy estimates (which is biased upward,
    the winner's curse), the search's best is always fully evaluated, and these full rows are the
    top candidates' responses that recalibration needs;
-4. every ``recalibrate_every`` evaluations refits the bank (:func:`~evomerge.fitness.adaptive.
+4. every ``recalibrate_every`` evaluations refits the bank (:func:`~evomerge.fitness.calibrate.
    recalibrate`) on its source runs' matrix plus every answer of this run so far (missing
    answers are missing by design given the observed ones, so MML ignores them validly), then
    re-selects ``fisher`` anchors at the run's mean ability and re-estimates source abilities.
@@ -38,9 +38,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from evomerge.errors import ConfigError, UserError
-from evomerge.fitness.adaptive import ADAPTIVE_ESTIMATORS, adaptive_evaluate, front_threshold, recalibrate
+from evomerge.fitness.adaptive import ADAPTIVE_ESTIMATORS, adaptive_evaluate, front_threshold
 from evomerge.fitness.anchors import ANCHORS, Anchors
 from evomerge.fitness.bank import ItemBank, load_bank
+from evomerge.fitness.calibrate import recalibrate
 from evomerge.fitness.estimators import ESTIMATORS, recipe_prior
 from evomerge.fitness.irt.ability import ThetaPrior, estimate_ability
 from evomerge.fitness.irt.model import ItemParams
@@ -168,7 +169,8 @@ class BankFitness:
         if verified:
             value, stderr = float(correct.mean()), 0.0
             self.incumbent = value if self.incumbent is None else max(self.incumbent, value)
-        self.rows.append((items, correct))
+        if s.recalibrate_every:  # the answers a refit adds to the source matrix
+            self.rows.append((items, correct))
         if costs is not None:
             self.evaluated.append((np.asarray(costs, dtype=float), value))
         if s.recalibrate_every and len(self.rows) % s.recalibrate_every == 0:

@@ -39,5 +39,5 @@ def fit(responses: np.ndarray, backend: str = DEFAULT_BACKEND, bounds: FitBounds
     if backend in DIMS:
         return fn(responses, bounds, dim=dim or DIMS[backend][0])
     if dim not in (None, 1):
-        raise UserError(f"IRT backend '{backend}' fits one ability dimension, not {dim}; use 'mirt'")
+        raise UserError(f"IRT backend '{backend}' fits one ability dimension, not {dim}; use 'mirt' or 'jml'")
     return fn(responses, bounds)

@@ -1,7 +1,8 @@
-"""What every calibration backend takes and returns."""
+"""What every calibration backend takes and returns, and the quadrature grid the EM backends share."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +43,14 @@ def observed_answers(responses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(responses, dtype=float)
     observed = ~np.isnan(y)
     return np.where(observed, y, 0.0), observed
+
+
+def product_grid(dim: int, n_quad: int, box: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes (n_quad^D, D) on box^D and log weights ∝ log N(q; 0, I), normalised."""
+    axis = np.linspace(*box, n_quad)
+    nodes = np.array(list(itertools.product(axis, repeat=dim)))
+    log_w = -0.5 * (nodes**2).sum(axis=1)
+    return nodes, log_w - logsumexp(log_w)
 
 
 def grid_posterior(y0: np.ndarray, wrong: np.ndarray, z: np.ndarray, log_w: np.ndarray) -> tuple[np.ndarray, float]:

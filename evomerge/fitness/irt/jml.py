@@ -13,7 +13,7 @@ by L-BFGS (torch) from :mod:`mirt`'s principal-component start; missing answers 
 the sum. Afterwards the scale is put back on N(0, I) for the population, as mirt's PX-EM step
 does: with m, C the mean and covariance of the abilities (C = Cov(θ̂) plus the mean posterior
 covariance (Aᵀ diag(P Q) A + I)⁻¹, since MAP estimates are shrunk), θ = m + L z (C = L Lᵀ) is
-absorbed into the items (a ← Lᵀ a, d ← d − a·m). Then principal axes, and the bounds of
+absorbed into the items (:func:`~evomerge.fitness.irt.mirt.absorb_scale`). Then principal axes, and the bounds of
 :func:`~evomerge.fitness.irt.mirt.project`. Abilities are returned on the new scale with their
 posterior sd from the same covariance.
 """
@@ -26,7 +26,7 @@ from scipy.special import expit
 
 from evomerge.errors import UserError
 from evomerge.fitness.irt.fit import FitBounds, IRTFit, observed_answers
-from evomerge.fitness.irt.mirt import principal_axes, project, start_values
+from evomerge.fitness.irt.mirt import absorb_scale, principal_axes, project, start_values
 from evomerge.fitness.irt.model import ItemParams
 
 
@@ -45,7 +45,7 @@ def fit_jml(
     responses: np.ndarray,
     bounds: FitBounds = FitBounds(),
     *,
-    dim: int = 8,
+    dim: int = 4,
     sd_a: float = 1.0,
     sd_d: float = 6.0,
     max_iter: int = 1000,
@@ -59,8 +59,9 @@ def fit_jml(
     t_y, t_mask = torch.tensor(y0), torch.tensor(observed, dtype=torch.float64)
     theta, a, d = (torch.tensor(np.ascontiguousarray(v), requires_grad=True) for v in (theta0, a0, d0))
     scale = float(max(observed.sum(), 1))
-    opt = torch.optim.LBFGS([theta, a, d], max_iter=max_iter, tolerance_change=tol, tolerance_grad=1e-7,
-                            history_size=20, line_search_fn="strong_wolfe")
+    max_eval = max_iter * 5 // 4  # torch's default, named: L-BFGS also stops when it runs out of evaluations
+    opt = torch.optim.LBFGS([theta, a, d], max_iter=max_iter, max_eval=max_eval, tolerance_change=tol,
+                            tolerance_grad=1e-7, history_size=20, line_search_fn="strong_wolfe")
 
     def objective() -> torch.Tensor:
         opt.zero_grad()
@@ -72,13 +73,13 @@ def fit_jml(
         return loss
 
     opt.step(objective)
-    n_iter = opt.state[opt._params[0]]["n_iter"]
+    state = opt.state[theta]
+    n_iter, converged = state["n_iter"], state["n_iter"] < max_iter and state["func_evals"] < max_eval
     theta_, a_, d_ = (v.detach().numpy() for v in (theta, a, d))
     covs = _posterior_covariances(theta_, a_, d_, observed)
     mean = theta_.mean(axis=0)
-    spread = np.cov(theta_.T, bias=True).reshape(dim, dim) + covs.mean(axis=0)
-    chol = np.linalg.cholesky(spread + 1e-9 * np.eye(dim))
-    a_, d_ = a_ @ chol, d_ - a_ @ mean
+    spread = np.cov(theta_.T, bias=True) + covs.mean(axis=0)
+    a_, d_, chol = absorb_scale(a_, d_, mean, spread)
     rotation = principal_axes(a_)
     a_ = a_ @ rotation
     # An item nearly everyone gets right (or wrong) has a small slope and a large |d|: raise the slope along
@@ -90,4 +91,4 @@ def fit_jml(
     theta_z = (theta_ - mean) @ to_z.T
     theta_se = np.sqrt(np.einsum("de,jef,df->jd", to_z, covs, to_z))
     params = ItemParams(a_, d_ / np.linalg.norm(a_, axis=1))
-    return IRTFit(params, theta_z, theta_se, int(n_iter), n_iter < max_iter, "jml")
+    return IRTFit(params, theta_z, theta_se, int(n_iter), bool(converged), "jml")

@@ -24,25 +24,22 @@ reproducible orientation that changes no prediction.
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
-from scipy.special import expit, logit, logsumexp
+from scipy.special import expit, logit
 
 from evomerge.errors import UserError
-from evomerge.fitness.irt.fit import FitBounds, IRTFit, grid_posterior, grid_posterior_moments, observed_answers
+from evomerge.fitness.irt.fit import (
+    FitBounds,
+    IRTFit,
+    grid_posterior,
+    grid_posterior_moments,
+    observed_answers,
+    product_grid,
+)
 from evomerge.fitness.irt.model import ItemParams
 
 #: Nodes per axis by dimension: 15² = 225, 9³ = 729 nodes.
 N_QUAD = {2: 15, 3: 9}
-
-
-def product_grid(dim: int, n_quad: int, box: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """Nodes (n_quad^D, D) on box^D and log weights ∝ log N(q; 0, I), normalised."""
-    axis = np.linspace(*box, n_quad)
-    nodes = np.array(list(itertools.product(axis, repeat=dim)))
-    log_w = -0.5 * (nodes**2).sum(axis=1)
-    return nodes, log_w - logsumexp(log_w)
 
 
 def start_values(y0: np.ndarray, observed: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -88,16 +85,22 @@ def _m_step(r: np.ndarray, n: np.ndarray, nodes: np.ndarray, a: np.ndarray, d: n
     return a, d
 
 
-def _standardize(a: np.ndarray, d: np.ndarray, post: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """PX-EM rescaling: the respondents' posterior mean m and covariance C = L Lᵀ, absorbed into the items.
+def absorb_scale(a: np.ndarray, d: np.ndarray, mean: np.ndarray, cov: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The abilities' mean m and covariance C = L Lᵀ absorbed into the items; returns (a, d, L).
 
     θ = m + L z gives a·θ − d = (Lᵀ a)·z − (d − a·m), so the latent z is standardised again.
     """
+    chol = np.linalg.cholesky(cov + 1e-9 * np.eye(len(mean)))
+    return a @ chol, d - a @ mean, chol
+
+
+def _standardize(a: np.ndarray, d: np.ndarray, post: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """PX-EM rescaling (:func:`absorb_scale`) with the respondents' posterior mean and covariance on the grid."""
     weights = post.mean(axis=0)
     m = weights @ nodes
     centred = nodes - m
-    chol = np.linalg.cholesky(centred.T @ (centred * weights[:, None]) + 1e-9 * np.eye(len(m)))
-    return a @ chol, d - a @ m
+    return absorb_scale(a, d, m, centred.T @ (centred * weights[:, None]))[:2]
 
 
 def principal_axes(a: np.ndarray) -> np.ndarray:

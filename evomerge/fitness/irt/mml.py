@@ -19,9 +19,16 @@ in numpy/scipy (pyirt is the alternative backend; see docs/irt.md for the compar
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit, logsumexp
+from scipy.special import expit
 
-from evomerge.fitness.irt.fit import FitBounds, IRTFit, grid_posterior, grid_posterior_moments, observed_answers
+from evomerge.fitness.irt.fit import (
+    FitBounds,
+    IRTFit,
+    grid_posterior,
+    grid_posterior_moments,
+    observed_answers,
+    product_grid,
+)
 from evomerge.fitness.irt.model import ItemParams
 
 
@@ -69,9 +76,8 @@ def fit_mml(
     """Fit a 2PL to a respondents × items matrix of 0/1 with NaN for unanswered items."""
     y0, observed = observed_answers(responses)
     wrong = observed - y0
-    nodes = np.linspace(*bounds.theta, n_quad)
-    log_w = -0.5 * nodes**2
-    log_w -= logsumexp(log_w)
+    grid, log_w = product_grid(1, n_quad, bounds.theta)
+    nodes = grid[:, 0]
     a = np.ones(y0.shape[1])
     b = np.zeros(y0.shape[1])
     n_obs = max(int(observed.sum()), 1)
