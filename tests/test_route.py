@@ -137,3 +137,16 @@ def test_mass_heads_of_different_widths_are_padded():
     out = mass(torch.cat([task_inputs(0, 3), task_inputs(1, 4)]))
     assert out.shape == (7, 3)
     assert torch.isfinite(out[:3]).all() and torch.isinf(out[3:, 2]).all() and torch.isfinite(out[3:, :2]).all()
+
+
+def test_mass_merge_of_a_task_subset_is_the_tsv_merge_of_those_tasks():
+    """The stored TSV-C factors give the same merge as TSV run on the subset's fine-tunes."""
+    net, base, fts = family()
+    fts.append({k: v + 0.2 * torch.randn_like(v) for k, v in base.items()})
+    mass = MASS.from_finetuned(Net(), base, fts, layer="layers.fc1.0", route_rank=2, rank=3, alpha=0.7)
+    trunk = lambda k: not k.startswith("layers.head.")  # noqa: E731
+    for tasks in [(1,), (0, 2), (0, 1, 2)]:
+        expect = merge("tsv", base, [fts[t] for t in tasks], {"rank": 3, "alpha": 0.7}, keys=trunk)
+        got = mass.merged(tasks)
+        for k in expect:
+            torch.testing.assert_close(got[k], expect[k], atol=1e-5, rtol=1e-5)

@@ -25,8 +25,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from evomerge.core.merge import MERGE_METHODS, StateDict, is_trunk_key, task_vectors
-from evomerge.core.merge.tsv import default_rank, is_matrix, low_rank
+from evomerge.core.merge import StateDict, add_update, is_trunk_key, layer_value, task_vectors
+from evomerge.core.merge.tsv import default_rank, is_matrix, low_rank, tsv_compress, tsv_merge
 from evomerge.errors import UserError
 
 
@@ -85,7 +85,8 @@ class MASS(nn.Module):
         self.layer, self.target = layer, target
         if rank is None:  # TSV-C storage: each task keeps a 1/T share of every matrix's rank
             rank = {k: default_rank(v, len(taus)) for k, v in taus[0].items() if is_matrix(v)}
-        self.tsv_params = {"alpha": alpha, "rank": rank}
+        self.alpha = alpha
+        self.factors = tsv_compress(taus, rank)  # TSV-C once; every merge of a task subset reuses it
         self.top_k, self.threshold, self.temperature = top_k, threshold, temperature
         key = layer + ".weight"
         self.register_buffer("subspaces", torch.stack([low_rank(t[key], route_rank).Vh for t in taus]), persistent=False)
@@ -99,10 +100,11 @@ class MASS(nn.Module):
         return cls(module, base, taus, heads, layer, **kwargs)
 
     def merged(self, tasks: tuple[int, ...]) -> StateDict:
-        """The TSV-merge of ``tasks`` (cached)."""
+        """The TSV-merge of ``tasks`` (cached): TSV-M of their stored factors, summed non-matrix updates."""
         if tasks not in self.cache:
-            tsv = MERGE_METHODS.get("tsv")
-            self.cache[tasks] = tsv.merge_task_vectors(self.base, [self.taus[t] for t in tasks], self.tsv_params)
+            sums = {k: layer_value(self.alpha, k, "tsv.alpha") * sum(self.taus[t][k] for t in tasks)
+                    for k, v in self.taus[0].items() if not is_matrix(v)}
+            self.cache[tasks] = add_update(self.base, tsv_merge([self.factors[t] for t in tasks], self.alpha) | sums)
         return self.cache[tasks]
 
     def residuals(self, z: torch.Tensor) -> torch.Tensor:

@@ -95,8 +95,7 @@ def _stitch(recipe: StitchRecipe, sources: Sources, cache: ActivationCache | Non
                                    torch.randn(64, *target.activation_shape(br.target_layer), generator=gen))]
         else:
             probes = fit_probes(br, sources.spec(br.model).dataset, sources.seed, recipe.seed)
-            pairs = condition_pairs(recipe.trunk, trunk, br.source_layer, br.model, target, br.target_layer, probes,
-                                    cache if cache is not None else ActivationCache())
+            pairs = condition_pairs(recipe.trunk, trunk, br.source_layer, br.model, target, br.target_layer, probes, cache)
         stitched = fit_stitch(aligner, trunk, br.source_layer, target, br.target_layer, pairs)
         if br.tune.epochs > 0 and not skeleton:
             ds, cond = parse_task_key(br.tune.task or own_task(sources.spec(br.model)))
@@ -112,14 +111,14 @@ def _stitch(recipe: StitchRecipe, sources: Sources, cache: ActivationCache | Non
 @torch.no_grad()
 def _fit_gate(module: StitchMerge, recipe: StitchRecipe, sources: Sources, skeleton: bool) -> nn.Module:
     """Fit the learned router on a fixed subset of training items (random inputs for a skeleton)."""
-    trunk = sources.adapter(recipe.trunk)
-    ds, cond = parse_task_key(recipe.gate.task or f"{sources.spec(recipe.trunk).dataset}/all")
-    task = load_task(ds, cond, "train", sources.seed)
-    idx = torch.randperm(len(task), generator=torch.Generator().manual_seed(recipe.seed))[: recipe.gate.items]
-    x, y = task.x[idx], task.y[idx]
-    if skeleton:
-        x = torch.randn(32, *trunk.example_input(1).shape[1:])
+    if skeleton:  # no data: the weights are loaded afterwards
+        x = torch.randn(32, *sources.adapter(recipe.trunk).example_input(1).shape[1:])
         y = torch.zeros(32, dtype=torch.long)
+    else:
+        ds, cond = parse_task_key(recipe.gate.task or f"{sources.spec(recipe.trunk).dataset}/all")
+        task = load_task(ds, cond, "train", sources.seed)
+        idx = torch.randperm(len(task), generator=torch.Generator().manual_seed(recipe.seed))[: recipe.gate.items]
+        x, y = task.x[idx], task.y[idx]
     probs, weights, acts = module.path_outputs(x)
     return fit_gate(module.gate_features(probs, acts), probs, y, weights,
                     epochs=1 if skeleton else recipe.gate.epochs, seed=recipe.seed)

@@ -119,8 +119,7 @@ class StitchMerge(nn.Module):
 
     def num_params(self) -> int:
         """Parameters on the paths that run: the trunk, the maps, the tails and the gate."""
-        n = params_between(self.trunk, None, None)
-        n += sum(p.numel() for s in self.stitches for p in s.parameters())
+        n = params_between(self.trunk, None, None) + self.stitch_params()
         n += sum(params_between(net, dst, None) for (_, dst, _), net in zip(self.paths, self.tails))
         return n + (sum(p.numel() for p in self.gate.parameters()) if self.gate is not None else 0)
 

@@ -28,7 +28,7 @@ class Strict(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _nulls_are_defaults(cls, data: Any) -> Any:
-        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+        return _drop_nulls(data) if isinstance(data, dict) else data
 
 
 def _drop_nulls(params: dict[str, Any] | None) -> dict[str, Any]:
