@@ -164,6 +164,22 @@ class TestOptunaTPE(EngineConformance):
 class TestOptunaCmaEs(EngineConformance):
     name = "optuna_cmaes"
 
+    def test_checkpoint_resume_continues_the_same_stream(self, tmp_path):
+        """Optuna keeps the CMA-ES optimizer as a pickle, never journaled: a resumed run restarts the
+        distribution, so only the genes drawn by the seeded independent sampler continue the stream."""
+        whole = make(self.name, state_dir=_mkdir(tmp_path / "a"))
+        expected = drive(whole, 20)
+        part = make(self.name, state_dir=_mkdir(tmp_path / "b"))
+        got = drive(part, 12)
+        resumed = make(self.name, state_dir=tmp_path / "b")
+        assert resumed.told() == {c.id for c in got} and not resumed.pending()
+        got += drive(resumed, 8)
+        assert [c.id for c in got] == [c.id for c in expected]
+        assert got[:12] == expected[:12]
+        assert [c.genome["method"] for c in got] == [c.genome["method"] for c in expected]
+        for c in got:
+            check_genome(resumed.space, c.genome)
+
 
 class TestOptunaNSGA2(EngineConformance):
     name = "optuna_nsga2"

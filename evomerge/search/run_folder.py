@@ -36,6 +36,34 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def read_json_lines(path: Path, repair: bool = False) -> list[Any]:
+    """Every complete JSON line of an appended log (none when it is missing). An unterminated
+    last line (killed mid-write) is skipped, and with ``repair`` (the writer, before it appends
+    again) also cut from the file. A complete line that is not JSON is a UserError naming it."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if repair and end < len(data):
+        with open(path, "r+b") as fh:
+            fh.truncate(end)
+    out = []
+    for number, line in enumerate(data[:end].splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                raise UserError(f"{path}: line {number} is not JSON; the run folder is damaged") from None
+    return out
+
+
+def append_json_line(path: Path, record: Any) -> None:
+    """Append one JSON line and flush it."""
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+        fh.flush()
+
+
 class RunFolder:
     """``runs/<name>/``: created fresh, or reopened for ``--resume``."""
 
@@ -74,21 +102,11 @@ class RunFolder:
         return load_space(self.space_path, known_models)
 
     def read_evaluations(self, repair: bool = False) -> list[dict[str, Any]]:
-        """Every complete record. An unterminated last line (killed mid-write) is skipped, and with
-        ``repair`` (the driver, before it appends again) also cut from the file."""
-        if not self.evaluations_path.exists():
-            return []
-        data = self.evaluations_path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        if repair and end < len(data):
-            with open(self.evaluations_path, "r+b") as fh:
-                fh.truncate(end)
-        return [json.loads(line) for line in data[:end].splitlines() if line.strip()]
+        """Every complete record (see :func:`read_json_lines`)."""
+        return read_json_lines(self.evaluations_path, repair)
 
     def append(self, record: dict[str, Any]) -> None:
-        with open(self.evaluations_path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-            fh.flush()
+        append_json_line(self.evaluations_path, record)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json_atomic(self.summary_path, summary)
