@@ -1,10 +1,14 @@
-"""Resuming a run folder: engine state is data only."""
+"""Resuming a run folder: engine state is data only, and the folder's space is checked."""
 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import pickle
+import subprocess
+import sys
+from argparse import Namespace
 from pathlib import Path
 
 import pytest
@@ -12,12 +16,19 @@ import yaml
 from search_fakes import ITEM_IDS, ToyEvaluator, toy_space, two_objectives
 from test_runner import InterruptOnce, fake_cli, records, search  # noqa: F401  (fake_cli: a fixture)
 
+import evomerge.search
 from evomerge.cli import main
+from evomerge.commands.search import resolve_space
 from evomerge.distributed.pool import InProcessPool
 from evomerge.errors import UserError
 from evomerge.search.engines.base import candidate_id
+from evomerge.search.run_folder import RunFolder
 from evomerge.search.runner import run_search
-from evomerge.search.space import load_space, with_overrides
+from evomerge.search.space import dump_space, load_space, with_overrides
+
+ROOT = Path(__file__).parent.parent
+SPACES = ROOT / "search_spaces"
+
 
 class Booby:
     """Unpickling this touches ``path``: proof that a file was unpickled."""
@@ -45,7 +56,7 @@ def test_optuna_searches_run_and_resume_with_data_only(tmp_path, engine):
     ev = resume(run, 14)
     assert ev.calls[0] == "c00005"
     assert [r["id"] for r in records(run)] == [candidate_id(i) for i in range(14)]
-    assert {p.name for p in run.iterdir()} >= {"optuna_trials.jsonl", "space.yaml"}
+    assert {p.name for p in run.iterdir()} >= {"optuna_trials.jsonl", "run.json", "space.yaml"}
     assert not list(run.glob("*.pkl")) and not list(run.glob("*.db"))
     for line in (run / "optuna_trials.jsonl").read_text().splitlines():
         json.loads(line)
@@ -85,3 +96,39 @@ def test_a_damaged_trial_journal_is_a_clear_error(tmp_path):
     resume(run, 6)
     assert [r["id"] for r in records(run)] == [candidate_id(i) for i in range(6)]
     assert all(json.loads(line) for line in journal.read_text().splitlines())
+
+
+def test_resume_with_the_same_space_file_is_accepted(tmp_path):
+    space_file = SPACES / "cross_arch.yaml"
+    run = tmp_path / "run"
+    RunFolder(run).create(dump_space(load_space(space_file)))
+    args = Namespace(resume=True, run_dir=str(run), space=str(space_file), engine=None, seed=None,
+                     budget=None, workers=None, gpus_per_worker=None)
+    space, run_dir = resolve_space(args)
+    assert run_dir == run and dump_space(space) == (run / "space.yaml").read_text()
+    (run / "run.json").unlink()  # a folder from before run.json: nothing to check the space against
+    assert resolve_space(args)[1] == run
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(Path(evomerge.search.__file__).parents[2]), "OMP_WAIT_POLICY": "PASSIVE"}
+    return subprocess.run([sys.executable, "-m", "evomerge.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def test_cli_refuses_another_space_and_an_edited_space(tmp_path):
+    run = tmp_path / "run"
+    RunFolder(run).create(dump_space(load_space(SPACES / "cross_arch.yaml")))
+    other = tmp_path / "other.yaml"
+    data = yaml.safe_load((SPACES / "cross_arch.yaml").read_text())
+    data["seed"] = data.get("seed", 0) + 1
+    other.write_text(yaml.safe_dump(data))
+    proc = cli("search", "--resume", "--run-dir", str(run), "--space", str(other))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{other}: not the space of run {run}" in proc.stderr and "in: seed)" in proc.stderr
+
+    space_yaml = run / "space.yaml"
+    space_yaml.write_text(space_yaml.read_text().replace("seed: ", "seed: 1", 1))
+    proc = cli("search", "--resume", "--run-dir", str(run))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{space_yaml}: modified since the run was created" in proc.stderr

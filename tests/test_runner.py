@@ -50,7 +50,7 @@ def test_run_folder_holds_every_contract_file(tmp_path):
     summary = search(toy_space("optuna_tpe", evaluations=20), run, ev, final_eval=final_eval)
     space = load_space(run / "space.yaml")
     assert space.model_dump() == parse_space(toy_space("optuna_tpe", evaluations=20)).model_dump()
-    assert (run / "optuna_trials.jsonl").exists()
+    assert (run / "optuna_trials.jsonl").exists() and (run / "run.json").exists()
     assert not list(run.glob("*.pkl")) and not list(run.glob("*.db"))
 
     recs = records(run)

@@ -14,7 +14,7 @@ from evomerge.errors import UserError
 from evomerge.search.engines import ENGINES
 from evomerge.search.run_folder import RunFolder
 from evomerge.search.runner import FinalEval, run_search
-from evomerge.search.space import SearchSpace, load_space, with_overrides
+from evomerge.search.space import SearchSpace, dump_space, load_space, with_overrides
 
 #: Short engine names accepted by ``--engine`` beside the registry's.
 ALIASES = {"deap": ("deap_ga", "deap_nsga2"), "optuna": ("optuna_tpe", "optuna_tpe")}
@@ -22,7 +22,8 @@ ALIASES = {"deap": ("deap_ga", "deap_nsga2"), "optuna": ("optuna_tpe", "optuna_t
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="search a space for merge recipes (writes a run folder)")
-    p.add_argument("--space", help="search space YAML (optional with --resume: the run keeps a copy)")
+    p.add_argument("--space", help="search space YAML (optional with --resume: the run keeps a copy, "
+                   "which a --space given must match)")
     p.add_argument("--engine", choices=sorted([*ENGINES.names(), *ALIASES]),
                    help="override the space's engine (deap: GA or NSGA-II by objective count; optuna: TPE)")
     p.add_argument("--budget", type=int, help="override budget.evaluations (may extend a resumed run)")
@@ -56,7 +57,10 @@ def resolve_space(args: argparse.Namespace) -> tuple[SearchSpace, Path]:
         if not args.run_dir:
             raise UserError("--resume needs --run-dir (the run folder to continue)")
         run_dir = Path(args.run_dir)
-        space = RunFolder(run_dir).load_space(known_models())
+        folder = RunFolder(run_dir)
+        space = folder.load_space(known_models())
+        if args.space:
+            folder.check_same_space(dump_space(load_space(args.space, known_models())), args.space)
         if args.engine or args.seed is not None:
             raise UserError("--engine and --seed cannot change on --resume (the run keeps its own)")
     else:
