@@ -92,6 +92,9 @@ def test_a_damaged_trial_journal_is_a_clear_error(tmp_path):
     journal.write_text(good.replace('\\"low\\": -4.0', '\\"low\\": 9.0', 1))  # x0's low above its high
     with pytest.raises(UserError, match="not the Optuna trial journal of this run"):
         resume(run, 6)
+    journal.write_text(good.replace('"params": {"x0"', '"params": {"y0"', 1))  # a gene of the space lacks its value
+    with pytest.raises(UserError, match="genome lacks a value for active gene 'x0'"):
+        resume(run, 6)
     journal.write_text(good + '{"ask": 4, "par')  # cut short by a kill: skipped and cut away
     resume(run, 6)
     assert [r["id"] for r in records(run)] == [candidate_id(i) for i in range(6)]

@@ -94,6 +94,7 @@ class OptunaEngine(Engine):
             for number in range(len(asked)):
                 line = asked[number]
                 values = told.get(number)
+                mask_inactive(self.space, line["params"])  # every active gene has its value
                 self.study.add_trial(create_trial(
                     state=TrialState.RUNNING if values is None else TrialState.COMPLETE, values=values,
                     params=line["params"], system_attrs=line["attrs"],
