@@ -57,10 +57,10 @@ def resolve_space(args: argparse.Namespace) -> tuple[SearchSpace, Path]:
         if not args.run_dir:
             raise UserError("--resume needs --run-dir (the run folder to continue)")
         run_dir = Path(args.run_dir)
-        folder = RunFolder(run_dir)
-        space = folder.load_space(known_models())
+        folder, models = RunFolder(run_dir), known_models()
+        space = folder.load_space(models)
         if args.space:
-            folder.check_same_space(dump_space(load_space(args.space, known_models())), args.space)
+            folder.check_same_space(dump_space(load_space(args.space, models)), args.space)
         if args.engine or args.seed is not None:
             raise UserError("--engine and --seed cannot change on --resume (the run keeps its own)")
     else:
