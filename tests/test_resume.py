@@ -135,3 +135,13 @@ def test_cli_refuses_another_space_and_an_edited_space(tmp_path):
     proc = cli("search", "--resume", "--run-dir", str(run))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"{space_yaml}: modified since the run was created" in proc.stderr
+
+
+def test_the_runner_refuses_to_resume_an_edited_space(tmp_path):
+    run = tmp_path / "run"
+    search(toy_space("random", evaluations=3), run, ToyEvaluator())
+    space_yaml = run / "space.yaml"
+    space_yaml.write_text(space_yaml.read_text() + "# edited\n")
+    with pytest.raises(UserError, match="space.yaml: modified since the run was created"):
+        resume(run, 4)
+    assert RunFolder(run).load_space().name == "toy"  # readers (export, report) still read it

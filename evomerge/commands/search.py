@@ -58,6 +58,7 @@ def resolve_space(args: argparse.Namespace) -> tuple[SearchSpace, Path]:
             raise UserError("--resume needs --run-dir (the run folder to continue)")
         run_dir = Path(args.run_dir)
         folder, models = RunFolder(run_dir), known_models()
+        folder.require_resumable()
         space = folder.load_space(models)
         if args.space:
             folder.check_same_space(dump_space(load_space(args.space, models)), args.space)

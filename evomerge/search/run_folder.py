@@ -108,11 +108,14 @@ class RunFolder:
         self.evaluations_path.write_text("")
 
     def require_existing(self) -> None:
+        if not self.space_path.exists():
+            raise UserError(f"{self.path}: not a run folder (no {SPACE_FILE})")
+
+    def require_resumable(self) -> None:
         """The folder holds a run whose ``space.yaml`` is the one it was created with.
 
         A folder written before ``run.json`` existed has no hash to check against."""
-        if not self.space_path.exists():
-            raise UserError(f"{self.path}: not a run folder (no {SPACE_FILE})")
+        self.require_existing()
         run_file = self.path / RUN_FILE
         if not run_file.exists():
             return

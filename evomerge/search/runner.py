@@ -41,7 +41,7 @@ class SearchRunner:
         self.space, self.pool, self.final_eval = space, pool, final_eval
         self.folder = RunFolder(run_dir)
         if resume:
-            self.folder.require_existing()
+            self.folder.require_resumable()
         else:
             self.folder.create(dump_space(space))
         self.records = self.folder.read_evaluations(repair=True)
