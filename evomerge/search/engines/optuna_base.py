@@ -16,7 +16,6 @@ A failed candidate is told the worst finite values.
 
 from __future__ import annotations
 
-import json
 import warnings
 from abc import abstractmethod
 from pathlib import Path
