@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from evomerge.distributed.pool import Evaluator, InProcessPool, Pool
-from evomerge.errors import UserError
+from evomerge.errors import ConfigError, UserError
 from evomerge.search.engines import ENGINES
 from evomerge.search.run_folder import RunFolder
 from evomerge.search.runner import FinalEval, run_search
@@ -62,17 +62,24 @@ def resolve_space(args: argparse.Namespace) -> tuple[SearchSpace, Path]:
     else:
         if not args.space:
             raise UserError("--space is required (or --resume with --run-dir)")
-        space = load_space(args.space, known_models())
+        space = load_space(args.space, known_models(), recipes=True)
         run_dir = Path(args.run_dir or f"runs/{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     changes: dict[str, Any] = {}
+    flags = {"budget.evaluations": "--budget", "resources.workers": "--workers",
+             "resources.gpus_per_worker": "--gpus-per-worker", "seed": "--seed"}
     if args.engine and engine_name(args.engine, space) != space.engine.name:
         changes["engine.name"] = engine_name(args.engine, space)
         changes["engine.settings"] = {}  # the space's settings belong to its own engine
-    for flag, field in (("budget", "budget.evaluations"), ("workers", "resources.workers"),
-                        ("gpus_per_worker", "resources.gpus_per_worker"), ("seed", "seed")):
-        if getattr(args, flag) is not None:
-            changes[field] = getattr(args, flag)
-    return (with_overrides(space, **changes) if changes else space), run_dir
+    for field, flag in flags.items():
+        if getattr(args, flag[2:].replace("-", "_")) is not None:
+            changes[field] = getattr(args, flag[2:].replace("-", "_"))
+    try:
+        return (with_overrides(space, **changes) if changes else space), run_dir
+    except ConfigError as err:
+        if err.field in flags and err.field in changes:
+            raise UserError(f"{flags[err.field]} {changes[err.field]}: expected {err.expected} "
+                            f"(it overrides {err.field} of {space.source})") from None
+        raise
 
 
 def recipe_evaluation(space: SearchSpace) -> tuple[Callable[..., Evaluator], FinalEval, dict[tuple[str, str], Sequence[str]]]:

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from evomerge.errors import UserError
+from evomerge.errors import UserError, read_json  # noqa: F401  (read_json: also imported from here)
 
 if TYPE_CHECKING:
     from evomerge.search.space import SearchSpace
@@ -30,10 +30,6 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     write_bytes_atomic(path, json.dumps(obj, indent=1).encode())
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
 
 
 class RunFolder:
