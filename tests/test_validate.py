@@ -70,7 +70,7 @@ def test_bad_space_names_file_and_recipe_field(tmp_path, case):
 
 
 #: The issue's inputs, through the CLI (each a fresh interpreter, so only these).
-CLI_CASES = ["trunk-typo", "fit-items-text", "tune-lr-text", "negative-seed", "gene-model-choice"]
+CLI_CASES = ["trunk-typo", "fit-items-text", "tune-lr-text", "negative-seed", "gene-model-choice", "kind-typo"]
 
 
 @pytest.mark.parametrize("case", CLI_CASES)
@@ -155,3 +155,11 @@ def test_control_characters_and_garbage_json_name_the_file(tmp_path):
 
     with pytest.raises(ConfigError, match=r"summary.json: field '<json>': expected valid JSON"):
         read_json(summary)
+
+
+def test_binary_run_files_name_the_file(tmp_path):
+    from evomerge.fitness.responses import read_responses
+
+    (tmp_path / "responses.jsonl").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ConfigError, match=r"responses.jsonl: field '<file>': expected UTF-8 text"):
+        read_responses([tmp_path], "digits/all")

@@ -14,7 +14,7 @@ from evomerge.errors import ConfigError, UserError
 from evomerge.search.engines import ENGINES
 from evomerge.search.run_folder import RunFolder
 from evomerge.search.runner import FinalEval, run_search
-from evomerge.search.space import SearchSpace, load_space, with_overrides
+from evomerge.search.space import SearchSpace, check_recipes, load_space, with_overrides
 
 #: Short engine names accepted by ``--engine`` beside the registry's.
 ALIASES = {"deap": ("deap_ga", "deap_nsga2"), "optuna": ("optuna_tpe", "optuna_tpe")}
@@ -62,7 +62,7 @@ def resolve_space(args: argparse.Namespace) -> tuple[SearchSpace, Path]:
     else:
         if not args.space:
             raise UserError("--space is required (or --resume with --run-dir)")
-        space = load_space(args.space, known_models(), recipes=True)
+        space = load_space(args.space, known_models())
         run_dir = Path(args.run_dir or f"runs/{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     changes: dict[str, Any] = {}
     flags = {"budget.evaluations": "--budget", "resources.workers": "--workers",
@@ -83,8 +83,12 @@ def resolve_space(args: argparse.Namespace) -> tuple[SearchSpace, Path]:
 
 
 def recipe_evaluation(space: SearchSpace) -> tuple[Callable[..., Evaluator], FinalEval, dict[tuple[str, str], Sequence[str]]]:
-    """Evaluator factory (validation split), test-split re-evaluation, and the item ids per task split."""
+    """Evaluator factory (validation split), test-split re-evaluation, and the item ids per task split.
+
+    The recipe template is checked first (whatever its ``kind``), so a mistake spends no budget."""
     from evomerge.recipe.evaluator import RecipeEvaluator  # the worker side, written by the recipe package
+
+    check_recipes(space)
 
     test_evaluator: list[Evaluator] = []
 

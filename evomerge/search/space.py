@@ -4,7 +4,9 @@ A space names the models and tasks, a ``recipe`` template whose ``{gene: NAME}``
 mappings are filled from a genome, the genes (categorical, int, float; optionally
 conditional through ``when``), objectives, constraints, the engine, the budget, the
 fitness estimator and the resources. Every mistake becomes a :class:`ConfigError`
-naming the file, the field path (``genes[2].low``) and what was expected.
+naming the file, the field path (``genes[2].low``) and what was expected. The recipe template is
+checked at load too: decoded with sample genomes, each recipe must pass the recipe schema and name
+only the space's models (:func:`check_recipes`), so a typo fails before any candidate runs.
 """
 
 from __future__ import annotations
