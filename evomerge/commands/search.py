@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from evomerge.distributed.pool import Evaluator, InProcessPool, Pool
-from evomerge.errors import UserError
+from evomerge.errors import ConfigError, UserError
 from evomerge.search.engines import ENGINES
 from evomerge.search.run_folder import RunFolder
 from evomerge.search.runner import FinalEval, run_search
-from evomerge.search.space import SearchSpace, dump_space, load_space, with_overrides
+from evomerge.search.space import SearchSpace, check_recipes, dump_space, load_space, with_overrides
 
 #: Short engine names accepted by ``--engine`` beside the registry's.
 ALIASES = {"deap": ("deap_ga", "deap_nsga2"), "optuna": ("optuna_tpe", "optuna_tpe")}
@@ -70,19 +70,30 @@ def resolve_space(args: argparse.Namespace) -> tuple[SearchSpace, Path]:
         space = load_space(args.space, known_models())
         run_dir = Path(args.run_dir or f"runs/{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     changes: dict[str, Any] = {}
+    flags = {"budget.evaluations": "--budget", "resources.workers": "--workers",
+             "resources.gpus_per_worker": "--gpus-per-worker", "seed": "--seed"}
     if args.engine and engine_name(args.engine, space) != space.engine.name:
         changes["engine.name"] = engine_name(args.engine, space)
         changes["engine.settings"] = {}  # the space's settings belong to its own engine
-    for flag, field in (("budget", "budget.evaluations"), ("workers", "resources.workers"),
-                        ("gpus_per_worker", "resources.gpus_per_worker"), ("seed", "seed")):
-        if getattr(args, flag) is not None:
-            changes[field] = getattr(args, flag)
-    return (with_overrides(space, **changes) if changes else space), run_dir
+    for field, flag in flags.items():
+        if getattr(args, flag[2:].replace("-", "_")) is not None:
+            changes[field] = getattr(args, flag[2:].replace("-", "_"))
+    try:
+        return (with_overrides(space, **changes) if changes else space), run_dir
+    except ConfigError as err:
+        if err.field in flags and err.field in changes:
+            raise UserError(f"{flags[err.field]} {changes[err.field]}: expected {err.expected} "
+                            f"(it overrides {err.field} of {space.source})") from None
+        raise
 
 
 def recipe_evaluation(space: SearchSpace) -> tuple[Callable[..., Evaluator], FinalEval, dict[tuple[str, str], Sequence[str]]]:
-    """Evaluator factory (validation split), test-split re-evaluation, and the item ids per task split."""
+    """Evaluator factory (validation split), test-split re-evaluation, and the item ids per task split.
+
+    The recipe template is checked first (whatever its ``kind``), so a mistake spends no budget."""
     from evomerge.recipe.evaluator import RecipeEvaluator  # the worker side, written by the recipe package
+
+    check_recipes(space)
 
     test_evaluator: list[Evaluator] = []
 

@@ -22,7 +22,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from evomerge.errors import UserError
+from evomerge.errors import UserError, read_json, read_text
 
 RESPONSES_FILE = "responses.jsonl"
 ITEMS_DIR = "items"
@@ -71,7 +71,7 @@ class ResponseLog:
         path = self.run_dir / ITEMS_DIR / items_filename(task_key, split)
         ids = list(item_ids)
         if path.exists():
-            if json.loads(path.read_text()) != ids:
+            if read_json(path, "a run's item id list") != ids:
                 raise UserError(f"{path}: item ids differ from the task's current items; the task data changed")
         else:
             path.write_text(json.dumps(ids))
@@ -128,7 +128,7 @@ def _sha256(path: Path) -> str:
 
 def _records(path: Path) -> list[ResponseRecord]:
     """Parse ``responses.jsonl``; a torn last line (a crash mid-append, no newline) is skipped."""
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "a run's responses.jsonl")
     lines = text.split("\n")
     records = []
     for number, line in enumerate(lines, start=1):
@@ -161,7 +161,7 @@ def read_responses(run_dirs: Sequence[str | Path], task_key: str, split: str = "
         items_path = run / ITEMS_DIR / name
         if not items_path.is_file():
             raise UserError(f"{items_path}: missing; it lists the items of {task_key} ({split})")
-        ids = json.loads(items_path.read_text())
+        ids = read_json(items_path, "a run's item id list")
         if item_ids is not None and ids != item_ids:
             raise UserError(f"{items_path}: item ids differ from the other runs' for {task_key} ({split})")
         item_ids = ids

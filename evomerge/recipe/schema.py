@@ -17,13 +17,17 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
-from evomerge.errors import ConfigError
+from evomerge.errors import config_error
+
+#: A random seed: what numpy, random and torch all accept.
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
 
 
 class Strict(BaseModel):
-    """Unknown fields are errors; a null field takes its default (inactive conditional genes decode to null)."""
+    """Unknown fields are errors, so are NaN and infinite numbers; a null field takes its default
+    (inactive conditional genes decode to null)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -100,7 +104,7 @@ class StitchRecipe(Strict):
     branches: Annotated[list[Branch], Field(min_length=1)]
     routing: Literal["mixture", "confidence", "learned"] = "mixture"
     gate: GateSpec = GateSpec()
-    seed: int = 0
+    seed: Seed = 0
 
 
 class MassSpec(Strict):
@@ -123,22 +127,30 @@ class WeightsRecipe(Strict):
     method: str
     params: dict[str, Any] = {}
     mass: MassSpec | None = None
-    seed: int = 0
+    seed: Seed = 0
 
     _clean = field_validator("params", mode="before")(_drop_nulls)
 
 
 Recipe = Annotated[Union[StitchRecipe, WeightsRecipe], Field(discriminator="kind")]
 _ADAPTER: TypeAdapter[StitchRecipe | WeightsRecipe] = TypeAdapter(Recipe)
+RECIPE_KINDS = ("stitch", "weights")
+#: The recipe union's tag, for error messages.
+TAGS = {"kind": ("a recipe kind", RECIPE_KINDS)}
 
 
-def parse_recipe(data: Any, source: str = "recipe") -> StitchRecipe | WeightsRecipe:
-    """Validate a recipe dict; errors name the field path and what was expected."""
+def parse_recipe(data: Any, source: str = "recipe", prefix: str = "") -> StitchRecipe | WeightsRecipe:
+    """Validate a recipe dict; a ConfigError names ``source``, the field path under ``prefix`` and what was expected."""
     if isinstance(data, (StitchRecipe, WeightsRecipe)):
         return data
     try:
         return _ADAPTER.validate_python(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "union")))
-        raise ConfigError(source, loc or "(recipe)", err["msg"][:1].lower() + err["msg"][1:], err.get("input")) from None
+        raise config_error(source, exc, prefix, TAGS) from None
+
+
+def model_refs(recipe: StitchRecipe | WeightsRecipe) -> list[tuple[str, str]]:
+    """Every zoo model id the recipe names, with its field path: ``[("trunk", id), ("branches[0].model", id)]``."""
+    if isinstance(recipe, WeightsRecipe):
+        return [("base", recipe.base), *((f"models[{i}]", m) for i, m in enumerate(recipe.models))]
+    return [("trunk", recipe.trunk), *((f"branches[{i}].model", b.model) for i, b in enumerate(recipe.branches))]

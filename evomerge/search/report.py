@@ -16,10 +16,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 
-from evomerge.errors import UserError  # noqa: E402
+from evomerge.errors import UserError, read_json  # noqa: E402
 from evomerge.search.engines.random_search import RandomSearch  # noqa: E402
 from evomerge.search.pareto import pareto_front  # noqa: E402
-from evomerge.search.run_folder import RunFolder, read_json  # noqa: E402
+from evomerge.search.run_folder import RunFolder  # noqa: E402
 from evomerge.search.space import EngineSpec, SearchSpace  # noqa: E402
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from evomerge.errors import UserError
+from evomerge.errors import UserError, read_json
 
 if TYPE_CHECKING:
     from evomerge.search.space import SearchSpace
@@ -36,10 +36,6 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     write_bytes_atomic(path, json.dumps(obj, indent=1).encode())
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
 
 
 def differing_fields(a: Any, b: Any, prefix: str = "") -> list[str]:

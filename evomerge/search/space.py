@@ -4,11 +4,14 @@ A space names the models and tasks, a ``recipe`` template whose ``{gene: NAME}``
 mappings are filled from a genome, the genes (categorical, int, float; optionally
 conditional through ``when``), objectives, constraints, the engine, the budget, the
 fitness estimator and the resources. Every mistake becomes a :class:`ConfigError`
-naming the file, the field path (``genes[2].low``) and what was expected.
+naming the file, the field path (``genes[2].low``) and what was expected. The recipe template is
+checked at load too: decoded with sample genomes, each recipe must pass the recipe schema and name
+only the space's models (:func:`check_recipes`), so a typo fails before any candidate runs.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -28,23 +31,16 @@ from pydantic import (
     model_validator,
 )
 
-from evomerge.errors import ConfigError
+from evomerge.errors import ConfigError, FieldIssue, config_error, read_text
+from evomerge.recipe.schema import RECIPE_KINDS, Seed, model_refs, parse_recipe
 
 Scalar = Union[StrictBool, StrictInt, StrictFloat, StrictStr, None]
 
 
-class FieldIssue(ValueError):
-    """Raised inside validators: ``field`` is the path below the validated model."""
-
-    def __init__(self, field: str, expected: str, got: object = None):
-        self.field, self.expected, self.got = field, expected, got
-        super().__init__(f"{field}: expected {expected}")
-
-
 class Strict(BaseModel):
-    """Base of every schema model: unknown fields are errors."""
+    """Base of every schema model: unknown fields are errors, so are NaN and infinite numbers."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 #: A probability setting of an engine, in [0, 1].
@@ -107,10 +103,12 @@ class FloatGene(_NumericGene):
 
 Gene = Annotated[Union[CategoricalGene, IntGene, FloatGene], Field(discriminator="type")]
 GENE_TYPES = ("categorical", "int", "float")
+#: The discriminated unions of a space file, for error messages.
+TAGS = {"type": ("a gene type", GENE_TYPES)}
 
 
 class ZooSettings(Strict):
-    seed: int = 0
+    seed: Seed = 0
 
 
 class TaskSpec(Strict):
@@ -211,7 +209,7 @@ class Resources(Strict):
 
 class SearchSpace(Strict):
     name: Annotated[str, Field(min_length=1)]
-    seed: int = 0
+    seed: Seed = 0
     zoo: ZooSettings = ZooSettings()
     models: Annotated[list[str], Field(min_length=1)]
     tasks: Annotated[list[TaskSpec], Field(min_length=1)]
@@ -346,72 +344,96 @@ def decode(space: SearchSpace, genome: Mapping[str, Any]) -> dict:
     return fill(space.recipe)
 
 
+# ---- checking the recipe template before any candidate runs ----------------------
+
+
+def _samples(gene: CategoricalGene | IntGene | FloatGene) -> list[Any]:
+    """The values of a gene that matter to a recipe's validity: every choice, or both bounds."""
+    return list(gene.choices) if isinstance(gene, CategoricalGene) else [gene.low, gene.high]
+
+
+def sample_genomes(space: SearchSpace) -> list[dict[str, Any]]:
+    """Deterministic genomes (inactive genes None) in which every gene takes each of its sample
+    values while active (its conditions made true where they can be); a conditional gene is also
+    inactive wherever a sample value of a gene it depends on makes it so. Other genes take their
+    first sample value."""
+    genes = {g.name: g for g in space.genes}
+    first = {g.name: _samples(g)[0] for g in space.genes}
+
+    def force(genome: dict[str, Any], name: str, value: Any) -> None:
+        genome[name] = value
+        for ref, val in (genes[name].when or {}).items():
+            allowed = val if isinstance(val, list) else [val]
+            if genome[ref] not in allowed:
+                force(genome, ref, allowed[0])
+
+    out = {repr(mask_inactive(space, first)): mask_inactive(space, first)}
+    for g in space.genes:
+        for value in _samples(g):
+            genome = dict(first)
+            force(genome, g.name, value)
+            masked = mask_inactive(space, genome)
+            out.setdefault(repr(masked), masked)
+    return list(out.values())
+
+
+def _template_node(template: Any, field: str) -> Any:
+    """The template's node at a field path such as ``recipe.branches[0].fit.items`` (None if absent)."""
+    node: Any = {"recipe": template}
+    for key, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", field):
+        if index and isinstance(node, list) and int(index) < len(node):
+            node = node[int(index)]
+        elif key and isinstance(node, dict) and key in node:
+            node = node[key]
+        else:
+            return None
+    return node
+
+
+def check_recipes(space: SearchSpace) -> None:
+    """Decode :func:`sample_genomes`: each recipe must pass the recipe schema and name only models
+    listed in ``models``; otherwise a ConfigError names the field under ``recipe`` (and the gene
+    whose value it was), before any candidate spends budget."""
+    for genome in sample_genomes(space):
+        try:
+            for path, model in model_refs(parse_recipe(decode(space, genome), space.source, "recipe")):
+                if model not in space.models:
+                    raise ConfigError(space.source, f"recipe.{path}",
+                                      f"a model listed in models ({', '.join(space.models)})", model)
+        except ConfigError as err:
+            node = _template_node(space.recipe, err.field)
+            if _is_ref(node):
+                err.args = (f"{err.args[0]} (when gene '{node['gene']}' is {genome[node['gene']]!r})",)
+            raise
+
+
 # ---- loading and error conversion -------------------------------------------------
 
 
-def _loc_path(loc: tuple[Any, ...]) -> str:
-    parts: list[str] = []
-    prev: Any = None
-    for item in loc:
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-        elif not (isinstance(prev, int) and item in GENE_TYPES):  # skip union tags
-            parts.append(f".{item}" if parts else str(item))
-        prev = item
-    return "".join(parts)
-
-
-def config_error(source: str, exc: ValidationError, prefix: str = "") -> ConfigError:
-    """The first error of a pydantic ValidationError as a ConfigError naming file and field."""
-    err = exc.errors()[0]
-    path = _loc_path(tuple(err["loc"]))
-    issue = (err.get("ctx") or {}).get("error")
-    if isinstance(issue, FieldIssue):
-        field = ".".join(p for p in (path, issue.field) if p).replace(".[", "[")
-        expected, got = issue.expected, issue.got
-    else:
-        field, got = path, err.get("input")
-        kind = err["type"]
-        if kind == "missing":
-            expected, got = "a value (the field is required)", None
-        elif kind == "extra_forbidden":
-            expected = "no such field (unknown key)"
-        elif kind == "union_tag_not_found":
-            field, expected, got = f"{path}.type", f"a gene type ({', '.join(GENE_TYPES)})", None
-        elif kind == "union_tag_invalid":
-            field, expected, got = f"{path}.type", f"a gene type ({', '.join(GENE_TYPES)})", err["ctx"]["tag"]
-        else:
-            expected = err["msg"].removeprefix("Input should be ").removeprefix("Value error, ")
-    field = ".".join(p for p in (prefix, field) if p) or "<root>"
-    more = len(exc.errors()) - 1
-    error = ConfigError(source, field, expected, got)
-    if more:
-        error.args = (f"{error.args[0]} (and {more} more error{'s' * (more > 1)})",)
-    return error
-
-
-def parse_space(data: Any, source: str = "<space>", known_models: set[str] | None = None) -> SearchSpace:
-    """Validate a loaded mapping as a SearchSpace, including its engine's settings."""
+def parse_space(data: Any, source: str = "<space>", known_models: set[str] | None = None,
+                recipes: bool | None = None) -> SearchSpace:
+    """Validate a loaded mapping as a SearchSpace, including its engine's settings and, with
+    ``recipes``, its recipe template (:func:`check_recipes`; None: when ``recipe.kind`` is a recipe
+    kind, so test doubles with recipes of their own load)."""
     from evomerge.search.engines import ENGINES
 
     try:
         space = SearchSpace.model_validate(data, context={"known_models": known_models})
     except ValidationError as exc:
-        raise config_error(source, exc) from None
+        raise config_error(source, exc, tags=TAGS) from None
     space._source = source
     if space.engine.name not in ENGINES:
         raise ConfigError(source, "engine.name", f"one of {', '.join(ENGINES.names())}", space.engine.name)
     ENGINES.get(space.engine.name).check(space)
+    if recipes or (recipes is None and space.recipe.get("kind") in RECIPE_KINDS):
+        check_recipes(space)
     return space
 
 
-def load_space(path: str | Path, known_models: set[str] | None = None) -> SearchSpace:
-    """Read and validate a search space YAML file; every problem is a ConfigError."""
+def load_space(path: str | Path, known_models: set[str] | None = None, recipes: bool | None = None) -> SearchSpace:
+    """Read and validate a search space YAML file (see :func:`parse_space`); every problem is a ConfigError."""
     source = str(path)
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(source, "<file>", "a readable file", exc.strerror) from None
+    text = read_text(path, "a search space YAML file")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -420,7 +442,7 @@ def load_space(path: str | Path, known_models: set[str] | None = None) -> Search
         raise ConfigError(source, "<yaml>", f"valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(source, "<root>", "a mapping of fields (name, models, genes, ...)", type(data).__name__)
-    return parse_space(data, source, known_models)
+    return parse_space(data, source, known_models, recipes)
 
 
 def with_overrides(space: SearchSpace, **changes: Any) -> SearchSpace:

@@ -21,9 +21,10 @@ from typing import Annotated, Any
 from deap import algorithms, base, tools
 from pydantic import Field
 
+from evomerge.errors import read_json
 from evomerge.search.engines.base import Candidate, Engine, candidate_id, worst_values
 from evomerge.search.pareto import fitness_class
-from evomerge.search.run_folder import read_json, write_json_atomic
+from evomerge.search.run_folder import write_json_atomic
 from evomerge.search.space import CategoricalGene, IntGene, Probability, SearchSpace, Strict, mask_inactive
 
 STATE_FILE = "engine_state.json"
