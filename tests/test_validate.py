@@ -151,7 +151,7 @@ def test_control_characters_and_garbage_json_name_the_file(tmp_path):
         load_space(space)
     summary = tmp_path / "summary.json"
     summary.write_text('{"best": ')
-    from evomerge.search.run_folder import read_json
+    from evomerge.errors import read_json
 
     with pytest.raises(ConfigError, match=r"summary.json: field '<json>': expected valid JSON"):
         read_json(summary)
