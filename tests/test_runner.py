@@ -145,6 +145,32 @@ class InterruptOnce(ToyEvaluator):
         return super().evaluate(candidate_id, recipe, known)
 
 
+def test_identical_objective_vectors_count_once_on_the_front(tmp_path):
+    """Candidates an inert gene tells apart only share one place on the front: the first found."""
+    from evomerge.search.pareto import pareto_front
+
+    assert pareto_front([[0.5, 3], [0.9, 5], [0.5, 3], [0.9, 5], [0.2, 9]], ["max", "min"]) == [0, 1]
+
+    class Coarse(ToyEvaluator):  # x2 is inert: the figures depend on x0 and the method only
+        def evaluate(self, candidate_id, recipe, known=None):
+            res = super().evaluate(candidate_id, recipe, known)
+            acc = {"average": 0.5, "ties": 0.75, "tsv": 1.0}[recipe["merge"]["method"]] + round(recipe["x"][0]) / 10
+            res.objectives |= {"accuracy/mean": acc, "added_params": 100.0 * round(recipe["x"][0])}
+            return res
+
+    space = toy_space("random", evaluations=40, objectives=two_objectives())
+    summary = search(space, tmp_path / "run", Coarse())
+    ok = [r for r in records(tmp_path / "run") if r["status"] == "ok"]
+    vectors = [tuple(p["objectives"].values()) for p in summary["pareto"]]
+    assert len(vectors) == len(set(vectors)) >= 2
+    assert len(ok) > len({tuple(r["objectives"].values()) for r in ok})  # duplicates were found
+    for p in summary["pareto"]:
+        assert p["id"] == next(r["id"] for r in ok if r["objectives"] == p["objectives"])
+    assert main(["report", str(tmp_path / "run")]) == 0
+    md = (tmp_path / "run" / "report" / "report.md").read_text()
+    assert md.count("| `c") == len(vectors)
+
+
 @pytest.mark.parametrize("engine", ["deap_ga", "optuna_tpe"])
 def test_ctrl_c_then_resume_extends_the_budget(tmp_path, engine):
     run = tmp_path / "run"
