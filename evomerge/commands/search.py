@@ -7,15 +7,18 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from evomerge.distributed.pool import Evaluator, InProcessPool, Pool
 from evomerge.errors import UserError
-from evomerge.search.engines import ENGINES
-from evomerge.search.run_folder import RunFolder
-from evomerge.search.runner import FinalEval, run_search
-from evomerge.search.space import SearchSpace, load_space, with_overrides
 
+if TYPE_CHECKING:
+    from evomerge.distributed.pool import Evaluator, Pool
+    from evomerge.search.runner import FinalEval
+    from evomerge.search.space import SearchSpace
+
+#: The engine registry's names, listed here so that parsing does not import the engines (optuna,
+#: deap); a test checks them against ``ENGINES``.
+ENGINE_NAMES = ("deap_ga", "deap_nsga2", "optuna_cmaes", "optuna_nsga2", "optuna_tpe", "random")
 #: Short engine names accepted by ``--engine`` beside the registry's.
 ALIASES = {"deap": ("deap_ga", "deap_nsga2"), "optuna": ("optuna_tpe", "optuna_tpe")}
 
@@ -23,7 +26,7 @@ ALIASES = {"deap": ("deap_ga", "deap_nsga2"), "optuna": ("optuna_tpe", "optuna_t
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="search a space for merge recipes (writes a run folder)")
     p.add_argument("--space", help="search space YAML (optional with --resume: the run keeps a copy)")
-    p.add_argument("--engine", choices=sorted([*ENGINES.names(), *ALIASES]),
+    p.add_argument("--engine", choices=sorted([*ENGINE_NAMES, *ALIASES]),
                    help="override the space's engine (deap: GA or NSGA-II by objective count; optuna: TPE)")
     p.add_argument("--budget", type=int, help="override budget.evaluations (may extend a resumed run)")
     p.add_argument("--workers", type=int, help="override resources.workers")
@@ -52,6 +55,9 @@ def engine_name(choice: str, space: SearchSpace) -> str:
 
 def resolve_space(args: argparse.Namespace) -> tuple[SearchSpace, Path]:
     """The space with CLI overrides applied, and the run folder to use."""
+    from evomerge.search.run_folder import RunFolder
+    from evomerge.search.space import load_space, with_overrides
+
     if args.resume:
         if not args.run_dir:
             raise UserError("--resume needs --run-dir (the run folder to continue)")
@@ -106,6 +112,8 @@ def item_ids(space: SearchSpace, split: str) -> dict[tuple[str, str], Sequence[s
 
 
 def make_pool(space: SearchSpace, factory: Callable[..., Evaluator], ray_address: str | None = None) -> Pool:
+    from evomerge.distributed.pool import InProcessPool
+
     if space.resources.workers == 1 and ray_address is None and space.resources.gpus_per_worker == 0:
         return InProcessPool(factory, timeout_s=space.resources.timeout_s)
     try:
@@ -118,6 +126,7 @@ def make_pool(space: SearchSpace, factory: Callable[..., Evaluator], ray_address
 
 def run(args: argparse.Namespace) -> int:
     from evomerge.console import log
+    from evomerge.search.runner import run_search
 
     space, run_dir = resolve_space(args)
     factory, final_eval, item_ids = recipe_evaluation(space)
