@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 from rich.console import Console
@@ -13,9 +14,22 @@ console = Console(stderr=True, soft_wrap=True, log_path=False)
 stdout = Console(width=None if sys.stdout.isatty() else 160)
 
 
-def log(message: str) -> None:
-    """One timestamped line."""
-    console.log(message)
+def log(message: str, *, to: Console = console) -> None:
+    """One timestamped line: rich's log on a terminal; otherwise a plain line, never wrapped or padded."""
+    if to.is_terminal:
+        to.log(message, markup=False)
+    else:
+        to.print(f"[{time.strftime('%H:%M:%S')}] {message}", markup=False, highlight=False, soft_wrap=True)
+
+
+def figure(value: float | None) -> str:
+    """A number for people: whole numbers with thousands separators (12,345), small ones to four
+    decimals (0.7864), others to one (123.4); None as '-'."""
+    if value is None:
+        return "-"
+    if float(value).is_integer():
+        return f"{int(value):,}"
+    return f"{value:.4f}" if abs(value) < 10 else f"{value:,.1f}"
 
 
 class Steps:
@@ -44,7 +58,7 @@ class Steps:
 
     def _line(self, i: int, text: str) -> None:
         if not self.quiet:
-            self.console.log(f"{self.label} [{i}/{self.total}] {text}", highlight=False, markup=False)
+            log(f"{self.label} [{i}/{self.total}] {text}", to=self.console)
 
     def begin(self, what: str) -> None:
         """Work on the next step starts: the bar's description, or a plain line."""

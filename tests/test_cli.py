@@ -89,12 +89,13 @@ def test_static_name_lists_match_their_registries():
 
 def test_steps_plain_lines_and_terminal_bar():
     out = io.StringIO()
-    with Steps("zoo", 2, console=Console(file=out, log_time=False, log_path=False)) as steps:
+    with Steps("zoo", 2, console=Console(file=out, width=20)) as steps:
         steps.begin("training a, b")
         steps.advance("trained a")
-        steps.advance("trained b")
-    assert [line.strip() for line in out.getvalue().splitlines()] == [
-        "zoo [1/2] training a, b", "zoo [1/2] trained a", "zoo [2/2] trained b"]
+        steps.advance("trained b with a long note that a narrow console does not wrap")
+    assert [line[11:] for line in out.getvalue().splitlines()] == [
+        "zoo [1/2] training a, b", "zoo [1/2] trained a",
+        "zoo [2/2] trained b with a long note that a narrow console does not wrap"]
     term = io.StringIO()
     with Steps("zoo", 2, console=Console(file=term, force_terminal=True, width=120)) as steps:
         steps.begin("training a, b")

@@ -22,3 +22,11 @@ def test_cross_arch_trunk_weight_only_where_routing_reads_it():
         assert recipe["trunk_weight"] == 0.25 and parse_recipe(recipe).trunk_weight == 0.25
     recipe = decode(space, genome(space, routing="learned", trunk_weight=0.25))
     assert recipe["trunk_weight"] is None and parse_recipe(recipe).trunk_weight == 1.0
+
+
+def test_shipped_objectives_are_named_after_their_metrics():
+    """Objective names are the summary's keys; the metric ``params`` (total) is not ``added_params``."""
+    for path in sorted(SPACES.glob("*.yaml")):
+        space = load_space(path)
+        assert [o.name for o in space.objectives] == [o.metric for o in space.objectives], path.name
+    assert [o.key for o in load_space(SPACES / "cross_arch.yaml").objectives] == ["accuracy/mean", "added_params"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -334,11 +335,33 @@ def test_cli_search_resume_and_report(tmp_path, fake_cli, capsys):
     assert main(["search", "--resume", "--run-dir", str(run), "--budget", "12"]) == 0
     assert [r["id"] for r in records(run)] == [candidate_id(i) for i in range(12)]
     assert main(["search", "--resume", "--run-dir", str(run), "--seed", "1"]) == 2
-    assert "--seed cannot change" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--seed cannot change" in err
+    assert re.search(r"best c\d{5}: accuracy/mean \d\.\d{4} \(test \d\.\d{4}\), added_params [\d,.]+; \d+ on the "
+                     r"Pareto front", err), err
     assert main(["report", str(run)]) == 0
     md = (run / "report" / "report.md").read_text()
     assert "## Pareto front" in md and "## Gene importance" in md
+    summary = json.loads((run / "summary.json").read_text())
+    assert f"wall time {summary['wall_s']:.1f} s" in md
+    assert f"`{summary['best']['id']}`: accuracy/mean " in md and "(test " in md
     assert {p.name for p in (run / "report").iterdir()} >= {"fitness.png", "pareto.png", "report.md"}
+
+
+def test_figures_and_wide_axes():
+    import matplotlib.pyplot as plt
+
+    from evomerge.console import figure
+    from evomerge.search.report import _scale_if_wide
+
+    assert [figure(v) for v in (12345.0, 0.78641, 123.44, None)] == ["12,345", "0.7864", "123.4", "-"]
+    scales = []
+    for values in ([10.0, 2e5, 300.0], [10.0, 900.0], [0.0, 10.0, 1e4]):
+        fig, ax = plt.subplots()
+        suffix = _scale_if_wide(ax, "x", values)
+        scales.append((ax.get_xscale(), suffix))
+        plt.close(fig)
+    assert scales == [("log", ", log scale"), ("linear", ""), ("symlog", ", log scale")]
 
 
 def test_cli_bad_space_exits_2_naming_the_field(tmp_path, fake_cli, capsys):

@@ -126,7 +126,7 @@ def make_pool(space: SearchSpace, factory: Callable[..., Evaluator], ray_address
 
 def run(args: argparse.Namespace) -> int:
     from evomerge.console import log
-    from evomerge.search.runner import run_search
+    from evomerge.search.runner import describe, run_search
 
     space, run_dir = resolve_space(args)
     factory, final_eval, item_ids = recipe_evaluation(space)
@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     if best is None:
         log(f"no candidate succeeded ({summary['failed']} failed); see {run_dir}/evaluations.jsonl")
         return 1
-    log(f"done: {summary['evaluations']} evaluations ({summary['failed']} failed) in {summary['wall_s']:.1f}s; "
-        f"best {best['id']} {best['objectives']} test accuracy {best['full_test_accuracy']}; "
-        f"{len(summary['pareto'])} on the Pareto front; run folder {run_dir}")
+    log(f"done: {summary['evaluations']} evaluations ({summary['failed']} failed) in {summary['wall_s']:.1f} s; "
+        f"best {best['id']}: {describe(space, best)}; {len(summary['pareto'])} on the Pareto front; "
+        f"run folder {run_dir}")
     return 0

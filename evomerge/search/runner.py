@@ -20,6 +20,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from evomerge.console import figure
 from evomerge.distributed.pool import EvalResult, Pool
 from evomerge.fitness.responses import ResponseLog
 from evomerge.search.engines import ENGINES, Candidate, Engine
@@ -202,6 +203,19 @@ class SearchRunner:
             except Exception as exc:  # a failing re-evaluation is reported, not fatal
                 entry["test_error"] = f"{type(exc).__name__}: {exc}"
         return entry
+
+
+def describe(space: SearchSpace, entry: Mapping[str, Any]) -> str:
+    """A summary entry's objectives by metric key, accuracies with their test figure:
+    ``accuracy/mean 0.7864 (test 0.7801), added_params 12,345``."""
+    test = entry.get("test_metrics") or {}
+    parts = []
+    for o in space.objectives:
+        text = f"{o.key} {figure(entry['objectives'][o.name])}"
+        if o.metric == "accuracy" and test.get(o.key) is not None:
+            text += f" (test {figure(test[o.key])})"
+        parts.append(text)
+    return ", ".join(parts)
 
 
 def run_search(space: SearchSpace, pool: Pool, run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
