@@ -337,6 +337,7 @@ def test_cli_search_resume_and_report(tmp_path, fake_cli, capsys):
     assert main(["search", "--resume", "--run-dir", str(run), "--seed", "1"]) == 2
     err = capsys.readouterr().err
     assert "--seed cannot change" in err
+    assert "test split [1/" in err  # the resumed run shows progress, re-evaluation on test included
     assert re.search(r"best c\d{5}: accuracy/mean \d\.\d{4} \(test \d\.\d{4}\), added_params [\d,.]+; \d+ on the "
                      r"Pareto front", err), err
     assert main(["report", str(run)]) == 0

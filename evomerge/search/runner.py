@@ -20,7 +20,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from evomerge.console import figure
+from evomerge.console import Steps, figure
 from evomerge.distributed.pool import EvalResult, Pool
 from evomerge.fitness.responses import ResponseLog
 from evomerge.search.engines import ENGINES, Candidate, Engine
@@ -173,10 +173,15 @@ class SearchRunner:
         directions = self.space.directions
         best = best_index(values, directions)
         front = pareto_front(values, directions) if len(directions) > 1 else ([best] if best is not None else [])
+        members = list(dict.fromkeys(ok[i]["id"] for i in ([best] if best is not None else []) + front))
+        by_id = {r["id"]: r for r in ok}
         tested: dict[str, dict[str, Any]] = {}
-        for i in ([best] if best is not None else []) + front:
-            if ok[i]["id"] not in tested:
-                tested[ok[i]["id"]] = self._entry(ok[i], final)
+        retest = final and self.final_eval is not None
+        with Steps("test split", len(members) if retest else 0, quiet=not self.show_progress) as steps:
+            for cid in members:
+                steps.begin(f"re-evaluating {cid}")
+                tested[cid] = self._entry(by_id[cid], final)
+                steps.advance()
         primary = [v[0] for v in values]
         return {
             "space": self.space.name,
