@@ -108,6 +108,9 @@ def test_bad_json_version_and_missing_file(bank_file, tmp_path):
 def test_cli_calibrate_writes_a_loadable_bank(run_dir, tmp_path, capsys):
     out = tmp_path / "banks" / "cli.json"
     assert main(["calibrate", str(run_dir), "--task", "mnist1d/all", "--out", str(out), "--seed", "1"]) == 0
+    err = capsys.readouterr().err  # each fit announced as it starts (plain lines off a terminal)
+    assert "calibrate mml [1/2] D=1: fit on 120 candidates, predict 30 held out" in err
+    assert "calibrate mml [2/2] D=1: final fit on all 150 candidates" in err
     bank = load_bank(out, task_item_ids=IDS)
     assert bank.diagnostics["n_candidates"] == 150
     assert main(["calibrate", str(run_dir), "--task", "mnist1d/all", "--out", str(out), "--backend", "x"]) == 2

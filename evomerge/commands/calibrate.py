@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from evomerge.console import log
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate", help="fit an IRT item bank (2PL or multidimensional 2PL) on the response matrices of past runs")
@@ -23,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from evomerge.console import log
     from evomerge.fitness.bank import bank_from_calibration, save_bank
     from evomerge.fitness.calibrate import calibrate
     from evomerge.fitness.irt.backends import BACKENDS
@@ -32,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     matrix = read_responses(args.runs, args.task, args.split)
     log(f"{args.task} ({args.split}): {len(matrix.candidates)} candidates x {len(matrix.item_ids)} items "
         f"from {len(matrix.sources)} run(s)")
-    calibration = calibrate(matrix.values, backend=args.backend, holdout=args.holdout, seed=args.seed, dim=args.dim)
+    calibration = calibrate(matrix.values, backend=args.backend, holdout=args.holdout, seed=args.seed, dim=args.dim,
+                            progress=True)
     path = save_bank(bank_from_calibration(calibration, matrix), args.out)
     d = calibration.diagnostics
     quality = (f"held-out loglik {d['heldout_loglik']:.4f} (item means {d['heldout_loglik_item_means']:.4f}), "

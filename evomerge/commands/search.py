@@ -7,15 +7,18 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from evomerge.distributed.pool import Evaluator, InProcessPool, Pool
 from evomerge.errors import ConfigError, UserError
-from evomerge.search.engines import ENGINES
-from evomerge.search.run_folder import RunFolder
-from evomerge.search.runner import FinalEval, run_search
-from evomerge.search.space import SearchSpace, check_recipes, dump_space, load_space, with_overrides
 
+if TYPE_CHECKING:
+    from evomerge.distributed.pool import Evaluator, Pool
+    from evomerge.search.runner import FinalEval
+    from evomerge.search.space import SearchSpace
+
+#: The engine registry's names, listed here so that parsing does not import the engines (optuna,
+#: deap); a test checks them against ``ENGINES``.
+ENGINE_NAMES = ("deap_ga", "deap_nsga2", "optuna_cmaes", "optuna_nsga2", "optuna_tpe", "random")
 #: Short engine names accepted by ``--engine`` beside the registry's.
 ALIASES = {"deap": ("deap_ga", "deap_nsga2"), "optuna": ("optuna_tpe", "optuna_tpe")}
 
@@ -24,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="search a space for merge recipes (writes a run folder)")
     p.add_argument("--space", help="search space YAML (optional with --resume: the run keeps a copy, "
                    "which a --space given must match)")
-    p.add_argument("--engine", choices=sorted([*ENGINES.names(), *ALIASES]),
+    p.add_argument("--engine", choices=sorted([*ENGINE_NAMES, *ALIASES]),
                    help="override the space's engine (deap: GA or NSGA-II by objective count; optuna: TPE)")
     p.add_argument("--budget", type=int, help="override budget.evaluations (may extend a resumed run)")
     p.add_argument("--workers", type=int, help="override resources.workers")
@@ -53,6 +56,9 @@ def engine_name(choice: str, space: SearchSpace) -> str:
 
 def resolve_space(args: argparse.Namespace) -> tuple[SearchSpace, Path]:
     """The space with CLI overrides applied, and the run folder to use."""
+    from evomerge.search.run_folder import RunFolder
+    from evomerge.search.space import dump_space, load_space, with_overrides
+
     if args.resume:
         if not args.run_dir:
             raise UserError("--resume needs --run-dir (the run folder to continue)")
@@ -92,6 +98,7 @@ def recipe_evaluation(space: SearchSpace) -> tuple[Callable[..., Evaluator], Fin
 
     The recipe template is checked first (whatever its ``kind``), so a mistake spends no budget."""
     from evomerge.recipe.evaluator import RecipeEvaluator  # the worker side, written by the recipe package
+    from evomerge.search.space import check_recipes
 
     check_recipes(space)
 
@@ -122,6 +129,8 @@ def item_ids(space: SearchSpace, split: str) -> dict[tuple[str, str], Sequence[s
 
 
 def make_pool(space: SearchSpace, factory: Callable[..., Evaluator], ray_address: str | None = None) -> Pool:
+    from evomerge.distributed.pool import InProcessPool
+
     if space.resources.workers == 1 and ray_address is None and space.resources.gpus_per_worker == 0:
         return InProcessPool(factory, timeout_s=space.resources.timeout_s)
     try:
@@ -134,6 +143,7 @@ def make_pool(space: SearchSpace, factory: Callable[..., Evaluator], ray_address
 
 def run(args: argparse.Namespace) -> int:
     from evomerge.console import log
+    from evomerge.search.runner import describe, run_search
 
     space, run_dir = resolve_space(args)
     factory, final_eval, item_ids = recipe_evaluation(space)
@@ -151,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     if best is None:
         log(f"no candidate succeeded ({summary['failed']} failed); see {run_dir}/evaluations.jsonl")
         return 1
-    log(f"done: {summary['evaluations']} evaluations ({summary['failed']} failed) in {summary['wall_s']:.1f}s; "
-        f"best {best['id']} {best['objectives']} test accuracy {best['full_test_accuracy']}; "
-        f"{len(summary['pareto'])} on the Pareto front; run folder {run_dir}")
+    log(f"done: {summary['evaluations']} evaluations ({summary['failed']} failed) in {summary['wall_s']:.1f} s; "
+        f"best {best['id']}: {describe(space, best)}; {len(summary['pareto'])} on the Pareto front; "
+        f"run folder {run_dir}")
     return 0

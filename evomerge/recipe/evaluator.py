@@ -68,7 +68,7 @@ class RecipeEvaluator:
         if self.estimator != "full":  # the bank is checked before any model is built or trained
             self.fitness = self._bank_fitness(space.fitness.model_copy(update={"estimator": self.estimator}))
         self.zoo = Zoo(seed=space.zoo.seed)
-        self.zoo.build(workers=1, ids=list(space.models))
+        self.zoo.build(workers=1, ids=list(space.models), progress=True)  # what a search trains, it shows
         for m in space.models:
             self.zoo.adapter(m)  # load every source once, now
         self.cache = ActivationCache()

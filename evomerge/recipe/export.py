@@ -111,7 +111,7 @@ def export_candidate(run_dir: str | Path, out: str | Path, candidate: str = "bes
     record = find_candidate(folder, candidate)
     zoo = Zoo(seed=space.zoo.seed)
     ids = recipe_models(record["recipe"])
-    zoo.build(workers=1, ids=ids)
+    zoo.build(workers=1, ids=ids, progress=True)
     built = materialize(record["recipe"], zoo)
     tasks = {t.name: f"{t.dataset}/{t.condition}" for t in space.tasks}
     manifest = {

@@ -20,6 +20,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from evomerge.console import Steps, figure
 from evomerge.distributed.pool import EvalResult, Pool
 from evomerge.fitness.responses import ResponseLog
 from evomerge.search.engines import ENGINES, Candidate, Engine
@@ -172,10 +173,15 @@ class SearchRunner:
         directions = self.space.directions
         best = best_index(values, directions)
         front = pareto_front(values, directions) if len(directions) > 1 else ([best] if best is not None else [])
+        members = list(dict.fromkeys(ok[i]["id"] for i in ([best] if best is not None else []) + front))
+        by_id = {r["id"]: r for r in ok}
         tested: dict[str, dict[str, Any]] = {}
-        for i in ([best] if best is not None else []) + front:
-            if ok[i]["id"] not in tested:
-                tested[ok[i]["id"]] = self._entry(ok[i], final)
+        retest = final and self.final_eval is not None
+        with Steps("test split", len(members) if retest else 0, quiet=not self.show_progress) as steps:
+            for cid in members:
+                steps.begin(f"re-evaluating {cid}")
+                tested[cid] = self._entry(by_id[cid], final)
+                steps.advance()
         primary = [v[0] for v in values]
         return {
             "space": self.space.name,
@@ -202,6 +208,19 @@ class SearchRunner:
             except Exception as exc:  # a failing re-evaluation is reported, not fatal
                 entry["test_error"] = f"{type(exc).__name__}: {exc}"
         return entry
+
+
+def describe(space: SearchSpace, entry: Mapping[str, Any]) -> str:
+    """A summary entry's objectives by metric key, accuracies with their test figure:
+    ``accuracy/mean 0.7864 (test 0.7801), added_params 12,345``."""
+    test = entry.get("test_metrics") or {}
+    parts = []
+    for o in space.objectives:
+        text = f"{o.key} {figure(entry['objectives'][o.name])}"
+        if o.metric == "accuracy" and test.get(o.key) is not None:
+            text += f" (test {figure(test[o.key])})"
+        parts.append(text)
+    return ", ".join(parts)
 
 
 def run_search(space: SearchSpace, pool: Pool, run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
