@@ -47,7 +47,7 @@ class ClassificationScorer(Scorer):
                 bad = batch[int(labels.argmax())]
                 raise UserError(f"{items[bad].where}: label {items[bad].fields['label']} but the model has {logits.shape[-1]} classes")
             p = torch.softmax(logits, dim=-1)
-            idx = torch.tensor(batch)
+            idx = np.array(batch)
             pred[idx] = logits.argmax(dim=-1).cpu().numpy()
             prob[idx] = p.gather(-1, labels[:, None]).squeeze(-1).cpu().double().numpy()
         labels = np.array([i.fields["label"] for i in items], dtype=np.int64)

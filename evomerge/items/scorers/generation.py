@@ -27,9 +27,10 @@ from evomerge.items.scorers.lm import CausalLM
 
 
 def regex_filter(text: str, spec: RegexFilter) -> str:
-    """lm-eval's ``RegexFilter`` on one response."""
+    """lm-eval's ``RegexFilter`` on one response (a ``group_select`` past the matches, where lm-eval
+    raises ``IndexError``, gives the fallback)."""
     found = re.findall(spec.regex, text)
-    if not found:
+    if not found or not -len(found) <= spec.group_select < len(found):
         return spec.fallback
     match = found[spec.group_select]
     if isinstance(match, tuple):
