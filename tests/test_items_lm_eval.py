@@ -20,6 +20,7 @@ from evomerge.items import load_items, make_scorer
 from tests.lm_tiny import tiny_llama
 
 pytest.importorskip("lm_eval")
+pytestmark = pytest.mark.slow  # lm-eval's own start-up dominates (~40 s)
 
 MC = {"type": "multiple_choice", "context": "question", "choices": "options", "gold": "answer"}
 GEN = {"type": "generation", "prompt": "prompt", "target": "target", "until": [".", "\n"], "max_gen_toks": 10,
