@@ -159,3 +159,26 @@ def test_generation_exact_match_equals_lm_evals(agreement, task):
     theirs = np.array([r["exact_match"] == 1.0 for r in logged])
     assert np.array_equal(result.correct["exact_match"], theirs)
     assert 0 < theirs.sum() < len(theirs)
+
+
+def test_loglikelihoods_equal_hflm_in_process_with_truncation():
+    """Both evaluation paths (shared context, whole requests) against ``HFLM.loglikelihood`` in-process,
+    on a model whose 24 positions force lm-eval's left truncation for the long requests."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from evomerge.items.scorers.lm import CausalLM
+    from evomerge.items.scorers.multiple_choice import loglikelihoods
+
+    model, tok = tiny_llama(seed=2, max_positions=24)
+    rng = random.Random(1)
+    requests = [("".join(rng.choice("abc de") for _ in range(rng.randint(0, 30))), " " + rng.choice(WORDS)) for _ in range(40)]
+    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=4, device="cpu")
+    theirs = [ll for ll, _ in lm.loglikelihood([Instance("loglikelihood", {}, r, i) for i, r in enumerate(requests)], disable_tqdm=True)]
+    ours = CausalLM(model, tok, "cpu")
+    assert any(len(c) + len(t) > 25 for c, t in (ours.encode_pair(*r) for r in requests))
+    np.testing.assert_allclose(loglikelihoods(ours, requests, 8), theirs, rtol=0, atol=1e-5)
+    short = [r for r in requests if sum(map(len, ours.encode_pair(*r))) <= 25]
+    short_theirs = [t for r, t in zip(requests, theirs) if r in short]
+    np.testing.assert_allclose(loglikelihoods(ours, short, 8, share_context=True), short_theirs, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(loglikelihoods(ours, short, 3, share_context=False), short_theirs, rtol=0, atol=1e-5)

@@ -86,18 +86,64 @@ class CausalLM:
         ctx = self.encode(context)
         return ctx, whole[len(ctx) :]
 
-    def last_logits(self, rows: list[list[int]], keep: int) -> torch.Tensor:
-        """Logits ``(B, keep, V)`` at the last ``keep`` positions of each row, rows left-padded.
+    @cached_property
+    def can_share_context(self) -> bool:
+        """Whether the model takes and returns a key/value cache (Hugging Face causal LMs)."""
+        return {"past_key_values", "use_cache", "position_ids"} <= self._forward_args and hasattr(self.model, "config")
 
-        Left padding with the attention mask and position ids equal to the unpadded ones, so each
-        row's values are its own unpadded run's; only the kept positions go through the head.
-        """
+    def _left_padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, r in enumerate(rows):
             ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
             mask[i, width - len(r) :] = 1
+        return ids, mask
+
+    def context_then_continuations(
+        self, contexts: list[list[int]], rows: list[int], conts: list[list[int]]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run each context once, then every continuation on its context's key/value cache.
+
+        Returns the logits after each context's last token ``(len(contexts), V)`` and, when some
+        continuation has more than one token, the logits after each of ``conts[r][:-1]`` given
+        context ``rows[r]`` ``(len(conts), max_len - 1, V)`` (right-padded).
+        """
+        ids, mask = self._left_padded(contexts)
+        args: dict[str, Any] = {"attention_mask": mask.to(self.device), "position_ids": (mask.cumsum(-1) - 1).clamp(min=0).to(self.device),
+                                "use_cache": True}
+        if "logits_to_keep" in self._forward_args:
+            args["logits_to_keep"] = 1
+        out = self.model(input_ids=ids.to(self.device), **args)
+        last = out.logits[:, -1]
+        width = max(len(c) for c in conts) - 1
+        if width == 0:
+            return last, None
+        index = torch.tensor(rows, dtype=torch.long)
+        cache = out.past_key_values
+        cache.reorder_cache(index.to(self.device))
+        cont_ids = torch.full((len(conts), width), self.pad_token_id, dtype=torch.long)
+        cont_mask = torch.zeros((len(conts), width), dtype=torch.long)
+        for r, c in enumerate(conts):
+            cont_ids[r, : len(c) - 1] = torch.tensor(c[:-1], dtype=torch.long)
+            cont_mask[r, : len(c) - 1] = 1
+        ctx_len = mask.sum(-1)[index]
+        out = self.model(
+            input_ids=cont_ids.to(self.device),
+            attention_mask=torch.cat([mask[index], cont_mask], dim=1).to(self.device),
+            position_ids=(ctx_len[:, None] + torch.arange(width)[None]).to(self.device),
+            past_key_values=cache,
+            use_cache=True,
+        )
+        return last, out.logits
+
+    def last_logits(self, rows: list[list[int]], keep: int) -> torch.Tensor:
+        """Logits ``(B, keep, V)`` at the last ``keep`` positions of each row, rows left-padded.
+
+        Left padding with the attention mask and position ids equal to the unpadded ones, so each
+        row's values are its own unpadded run's; only the kept positions go through the head.
+        """
+        ids, mask = self._left_padded(rows)
         kwargs: dict[str, Any] = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
         if "position_ids" in self._forward_args:
             kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(self.device)

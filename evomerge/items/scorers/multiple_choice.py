@@ -8,9 +8,10 @@ log-likelihood divided by ``len(choice)`` in characters, the choice without the 
 (``ConfigurableTask.process_results``); ``numpy.argmax`` keeps the first of equal values.
 The continuous score ``prob_gold`` is the gold choice's share of ``softmax(lls)``.
 
-Unlike ``HFLM`` (right padding, logits for every position), requests are deduplicated, batched
-longest first with left padding, the attention mask and the unpadded position ids, and only the
-continuation positions go through the LM head.
+Unlike ``HFLM`` (every request run whole, right padding, logits at every position): each distinct
+context runs once (left padding, the attention mask and the unpadded position ids) and its choices run
+on its key/value cache, and only the scored positions go through the LM head. Models without a cache,
+and inputs that must be cut to the model's length, run whole per request.
 """
 
 from __future__ import annotations
@@ -28,13 +29,19 @@ from evomerge.items.scorers.base import ScoreResult, Scorer, batches, register
 from evomerge.items.scorers.lm import CausalLM
 
 
-def loglikelihoods(lm: CausalLM, requests: Sequence[tuple[str, str]], batch_size: int) -> list[float]:
-    """Log-likelihood of each ``(context, continuation)`` request, as ``HFLM.loglikelihood`` gives it."""
-    keys: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
-    for context, continuation in requests:
-        ctx, cont = lm.encode_pair(context, continuation)
-        inp = (ctx + cont)[-(lm.max_length + 1) :][:-1]
-        keys.append((tuple(inp), tuple(cont)))
+@torch.inference_mode()
+def loglikelihoods(lm: CausalLM, requests: Sequence[tuple[str, str]], batch_size: int, share_context: bool = True) -> list[float]:
+    """Log-likelihood of each ``(context, continuation)`` request, as ``HFLM.loglikelihood`` gives it.
+
+    ``share_context`` (where the model keeps a key/value cache and no input needs truncating): each
+    distinct context runs once and its continuations run on its cache; ``batch_size`` bounds the
+    continuations per batch. Otherwise each request runs whole, ``batch_size`` per batch.
+    """
+    pairs = [lm.encode_pair(context, continuation) for context, continuation in requests]
+    fits = all(len(c) + len(t) <= lm.max_length + 1 for c, t in pairs)
+    if share_context and fits and lm.can_share_context:
+        return _shared_context(lm, pairs, batch_size)
+    keys = [(tuple((c + t)[-(lm.max_length + 1) :][:-1]), tuple(t)) for c, t in pairs]
     unique = list(dict.fromkeys(keys))
     order = sorted(range(len(unique)), key=lambda i: (-len(unique[i][0]), unique[i][0]))
     value: dict[tuple[tuple[int, ...], tuple[int, ...]], float] = {}
@@ -47,6 +54,34 @@ def loglikelihoods(lm: CausalLM, requests: Sequence[tuple[str, str]], batch_size
             picked = logp[row, keep - len(cont) :].gather(-1, torch.tensor(cont, device=logp.device).unsqueeze(-1))
             value[unique[i]] = float(picked.sum())
     return [value[k] for k in keys]
+
+
+def _shared_context(lm: CausalLM, pairs: list[tuple[list[int], list[int]]], batch_size: int) -> list[float]:
+    groups: dict[tuple[int, ...], dict[tuple[int, ...], None]] = {}
+    for ctx, cont in pairs:
+        groups.setdefault(tuple(ctx), {})[tuple(cont)] = None
+    contexts = sorted(groups, key=lambda c: (-len(c), c))
+    value: dict[tuple[tuple[int, ...], tuple[int, ...]], float] = {}
+    start = 0
+    while start < len(contexts):
+        stop, rows = start, 0
+        while stop < len(contexts) and (stop == start or rows + len(groups[contexts[stop]]) <= batch_size):
+            rows += len(groups[contexts[stop]])
+            stop += 1
+        batch = contexts[start:stop]
+        index = [b for b, ctx in enumerate(batch) for _ in groups[ctx]]
+        conts = [list(c) for ctx in batch for c in groups[ctx]]
+        last, rest = lm.context_then_continuations([list(c) for c in batch], index, conts)
+        first = F.log_softmax(last, dim=-1)
+        rest = F.log_softmax(rest, dim=-1) if rest is not None else None
+        for r, (b, cont) in enumerate(zip(index, conts)):
+            head = first[b, cont[0]].reshape(1)
+            if len(cont) > 1:
+                tail = rest[r, : len(cont) - 1].gather(-1, torch.tensor(cont[1:], device=rest.device).unsqueeze(-1)).squeeze(-1)
+                head = torch.cat([head, tail])
+            value[(batch[b], tuple(cont))] = float(head.sum())
+        start = stop
+    return [value[(tuple(c), tuple(t))] for c, t in pairs]
 
 
 @register("multiple_choice")
