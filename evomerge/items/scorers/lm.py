@@ -87,9 +87,15 @@ class CausalLM:
         return ctx, whole[len(ctx) :]
 
     @cached_property
+    def _cache_arg(self) -> str | None:
+        """The forward argument taking a key/value cache (``cache`` from transformers 5.x, else
+        ``past_key_values``), or None."""
+        return next((name for name in ("cache", "past_key_values") if name in self._forward_args), None)
+
+    @cached_property
     def can_share_context(self) -> bool:
         """Whether the model takes and returns a key/value cache (Hugging Face causal LMs)."""
-        return {"past_key_values", "use_cache", "position_ids"} <= self._forward_args and hasattr(self.model, "config")
+        return self._cache_arg is not None and {"use_cache", "position_ids"} <= self._forward_args and hasattr(self.model, "config")
 
     def _left_padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)
@@ -120,7 +126,7 @@ class CausalLM:
         if width == 0:
             return last, None
         index = torch.tensor(rows, dtype=torch.long)
-        cache = out.past_key_values
+        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
         cache.reorder_cache(index.to(self.device))
         cont_ids = torch.full((len(conts), width), self.pad_token_id, dtype=torch.long)
         cont_mask = torch.zeros((len(conts), width), dtype=torch.long)
@@ -132,8 +138,8 @@ class CausalLM:
             input_ids=cont_ids.to(self.device),
             attention_mask=torch.cat([mask[index], cont_mask], dim=1).to(self.device),
             position_ids=(ctx_len[:, None] + torch.arange(width)[None]).to(self.device),
-            past_key_values=cache,
             use_cache=True,
+            **{self._cache_arg: cache},
         )
         return last, out.logits
 
