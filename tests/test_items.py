@@ -284,3 +284,9 @@ def test_multiple_choice_loglikelihoods_equal_unbatched_sums(tmp_path):
             assert ll == pytest.approx(expected, abs=1e-4)
         lengths = np.array([len(c) for c in item.fields["choices"]], dtype=float)
         assert result.correct["acc_norm"][items.ids.index(item.id)] == (int(np.argmax(np.array(lls) / lengths)) == item.fields["gold"])
+
+
+def test_language_scorers_need_the_tokenizer(tmp_path):
+    model, _, items = _multiple_choice_case(tmp_path)
+    with pytest.raises(UserError, match="needs the model's tokenizer"):
+        make_scorer(items).score(model, items)

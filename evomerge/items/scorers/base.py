@@ -54,7 +54,6 @@ class Scorer(ABC):
     name: ClassVar[str]
     #: 0/1 metrics, the first is the primary one.
     metrics: ClassVar[tuple[str, ...]]
-    needs_tokenizer: ClassVar[bool] = True
 
     def __init__(self, fmt: Any):
         self.format = fmt
@@ -68,12 +67,12 @@ class Scorer(ABC):
         device: str | torch.device | None = None,
         batch_size: int = 32,
     ) -> ScoreResult:
-        """Per-item answers; ``device`` defaults to the model's own."""
+        """Per-item answers. Inputs go to ``device`` (default: the model's own), where the model must be."""
         items = tuple(items)
         if batch_size < 1:
             raise UserError(f"batch size must be at least 1, got {batch_size}")
-        if self.needs_tokenizer and tokenizer is None and any(isinstance(i.fields.get("input", ""), str) for i in items):
-            raise UserError(f"the {self.name} scorer needs a tokenizer for text items")
+        if tokenizer is None and self.needs_tokenizer(items):
+            raise UserError(f"the {self.name} scorer needs the model's tokenizer for these items")
         if device is None:
             param = next(iter(model.parameters()), None)
             device = param.device if param is not None else torch.device("cpu")
@@ -81,6 +80,10 @@ class Scorer(ABC):
             model.eval()
         with torch.inference_mode():
             return self._score(model, items, tokenizer, torch.device(device), batch_size)
+
+    def needs_tokenizer(self, items: tuple[Item, ...]) -> bool:
+        """Whether scoring ``items`` reads text (language-model scorers always do)."""
+        return True
 
     @abstractmethod
     def _score(self, model: nn.Module, items: tuple[Item, ...], tokenizer: Any, device: torch.device, batch_size: int) -> ScoreResult: ...

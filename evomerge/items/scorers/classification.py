@@ -24,6 +24,9 @@ class ClassificationScorer(Scorer):
 
     metrics = ("acc",)
 
+    def needs_tokenizer(self, items: tuple[Item, ...]) -> bool:
+        return any(isinstance(i.fields["input"], str) for i in items)
+
     def _score(self, model: nn.Module, items: tuple[Item, ...], tokenizer: Any, device: torch.device, batch_size: int) -> ScoreResult:
         n = len(items)
         pred = np.zeros(n, dtype=np.int64)

@@ -122,8 +122,6 @@ class GenerationScorer(Scorer):
         return out
 
     def _score(self, model: nn.Module, items: tuple[Item, ...], tokenizer: Any, device: torch.device, batch_size: int) -> ScoreResult:
-        if tokenizer is None:
-            raise UserError("the generation scorer needs a tokenizer")
         raw = self.generate(CausalLM(model, tokenizer, device), [i.fields["prompt"] for i in items], batch_size) if items else []
         fmt = self.format
         filtered = [regex_filter(r, fmt.filter) if fmt.filter is not None else r for r in raw]
