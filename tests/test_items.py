@@ -290,3 +290,57 @@ def test_language_scorers_need_the_tokenizer(tmp_path):
     model, _, items = _multiple_choice_case(tmp_path)
     with pytest.raises(UserError, match="needs the model's tokenizer"):
         make_scorer(items).score(model, items)
+
+
+# ---------------------------------------------------------------- reader conformance
+
+
+def _write_jsonl(path, docs):
+    write_jsonl(path, docs)
+
+
+def _write_csv(path, docs):
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        header = list(docs[0])
+        w.writerow(header)
+        for d in docs:
+            w.writerow([json.dumps(d[k]) if isinstance(d[k], list) else d[k] for k in header])
+
+
+def _write_parquet(path, docs):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(docs), path)
+
+
+WRITERS = {"jsonl": (".jsonl", _write_jsonl), "csv": (".csv", _write_csv), "parquet": (".parquet", _write_parquet)}
+
+
+@pytest.fixture(params=READERS.names())
+def reader(request):
+    assert request.param in WRITERS, f"reader '{request.param}' has no conformance writer"
+    return request.param, *WRITERS[request.param]
+
+
+class TestReaderConformance:
+    """Every registered reader: the same items from the same records, located problems, empty files refused."""
+
+    def test_same_items_and_where(self, reader, tmp_path):
+        name, suffix, write = reader
+        docs = [dict(d, id=f"item{i}", split=["val", "test"][i % 2]) for i, d in enumerate(mc_docs(5))]
+        write(tmp_path / f"f{suffix}", docs)
+        items = load_items(tmp_path / f"f{suffix}", MC, reader=name)
+        assert items.ids == tuple(f"item{i}" for i in range(5))
+        assert [i.split for i in items] == ["val", "test"] * 2 + ["val"]
+        assert [i.fields["choices"] for i in items] == [tuple(d["options"]) for d in docs]
+        assert all(str(tmp_path / f"f{suffix}") in i.where for i in items) and len({i.where for i in items}) == 5
+
+    def test_missing_field_names_the_record(self, reader, tmp_path):
+        name, suffix, write = reader
+        docs = [{"question": "q", "options": ["a", "b"], "answer": 0}, {"question": "r", "options": ["a", "b"], "wrong": 1}]
+        write(tmp_path / f"f{suffix}", [{**d, "answer": d.get("answer"), "wrong": d.get("wrong")} for d in docs])
+        where = {"jsonl": ":2", "csv": ":3", "parquet": ":row 2"}[name]  # the second record (CSV: after the header)
+        with pytest.raises(ConfigError, match=rf"f\{suffix}{where}: field 'answer': expected a value"):
+            load_items(tmp_path / f"f{suffix}", MC, reader=name)

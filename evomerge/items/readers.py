@@ -78,7 +78,8 @@ class JsonlReader(ItemReader):
 class CsvReader(ItemReader):
     """A header row naming the fields, then one item per row (``.tsv``: tab-separated).
 
-    Cells are strings; a list (``choices``, a tensor ``input``) is written as JSON in its cell.
+    Cells are strings; a list (``choices``, a tensor ``input``) is written as JSON in its cell; an
+    empty cell is a missing value.
     """
 
     def records(self, path: Path) -> Iterator[Record]:
@@ -95,7 +96,7 @@ class CsvReader(ItemReader):
                     continue
                 if len(row) != len(header):
                     raise ConfigError(where, "<row>", f"{len(header)} cells like the header", len(row))
-                yield where, dict(zip(header, row))
+                yield where, {k: (v if v != "" else None) for k, v in zip(header, row)}
 
 
 @register("parquet", ".parquet")
