@@ -129,6 +129,8 @@ def test_bad_csv_row_and_format_blocks(tmp_path):
         load_items(tmp_path / "ok.jsonl", {**MC, "choices_field": "x"})
     with pytest.raises(ConfigError, match=r"field 'format.filter.regex': expected a valid regular expression"):
         parse_format({**GEN, "filter": {"regex": "(["}}, "f.yaml")
+    with pytest.raises(ConfigError, match=r"field 'format.until': expected non-empty stop strings"):
+        parse_format({**GEN, "until": ["\n", ""]}, "f.yaml")
     with pytest.raises(ConfigError, match=r"field 'format.max_gen_toks'"):
         parse_format({**GEN, "max_gen_toks": 0}, "f.yaml")
     (tmp_path / "x.txt").write_text("{}\n")

@@ -109,6 +109,13 @@ class GenerationFormat(_Format):
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
+    @field_validator("until")
+    @classmethod
+    def _non_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(s == "" for s in value):
+            raise ValueError("non-empty stop strings")
+        return value
+
     def fields(self) -> dict[str, str]:
         return {"prompt": self.prompt, "target": self.target}
 
