@@ -21,10 +21,26 @@ from evomerge.core.merge.ties import ties_combine
 DropRate = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
-def dare_drop(delta: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
-    """Drop entries of ``delta`` with probability ``p``; rescale the survivors by ``1/(1-p)``."""
-    keep = torch.rand(delta.shape, generator=generator) >= p
-    return delta * keep / (1.0 - p)
+def dare_drop(delta: torch.Tensor, p: float, generator: torch.Generator, rescale: str = "inverse") -> torch.Tensor:
+    """Drop entries of ``delta`` with probability ``p`` and rescale the survivors.
+
+    ``rescale="inverse"``: by ``1/(1-p)`` (the paper; keeps the expectation). ``"l1"``: by
+    ``||delta||_1 / ||kept||_1`` (mergekit's ``rescale: true``, which keeps the L1 norm exactly;
+    left unscaled when either norm is below 1e-7). ``"none"``: not at all.
+    """
+    if p <= 0:
+        return delta.clone()
+    keep = (torch.rand(delta.shape, generator=generator) >= p).to(delta.device, delta.dtype)
+    kept = delta * keep
+    if rescale == "inverse":
+        return kept / (1.0 - p)
+    return rescale_l1(delta, kept) if rescale == "l1" else kept
+
+
+def rescale_l1(full: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """``kept * ||full||_1 / ||kept||_1`` (unchanged when either norm is below 1e-7)."""
+    before, after = full.abs().sum(), kept.abs().sum()
+    return kept if before < 1e-7 or after < 1e-7 else kept * (before / after)
 
 
 def key_generator(seed: int, key: str, task: int) -> torch.Generator:

@@ -22,10 +22,19 @@ from evomerge.core.merge.base import MergeMethod, MergeParams, PerLayer, layer_v
 Density = Annotated[float, Field(gt=0.0, le=1.0)]
 
 
-def trim_by_magnitude(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """``delta`` with all but its ``ceil(density * numel)`` largest-magnitude entries set to 0."""
+def trim_by_magnitude(delta: torch.Tensor, density: float, rounding: str = "ceil") -> torch.Tensor:
+    """``delta`` with all but its ``k`` largest-magnitude entries set to 0.
+
+    ``k = ceil(density * numel)`` (``rounding="ceil"``, evomerge's recipes) or
+    ``k = max(1, floor(density * numel))`` (``"floor"``, mergekit's ``sparsify.magnitude``).
+    """
     n = delta.numel()
-    k = min(n, max(1, math.ceil(round(density * n, 6))))
+    if rounding == "floor":
+        if density >= 1:
+            return delta.clone()
+        k = max(1, int(density * n))
+    else:
+        k = min(n, max(1, math.ceil(round(density * n, 6))))
     if k == n:
         return delta.clone()
     flat = delta.flatten()
@@ -34,9 +43,14 @@ def trim_by_magnitude(delta: torch.Tensor, density: float) -> torch.Tensor:
     return (flat * keep).reshape(delta.shape)
 
 
-def elect_sign(stack: torch.Tensor) -> torch.Tensor:
-    """Per-entry sign of the summed mass of the tasks (first axis of ``stack``)."""
-    return torch.sign(stack.sum(dim=0))
+def elect_sign(stack: torch.Tensor, tie: float = 0.0) -> torch.Tensor:
+    """Per-entry sign of the summed mass of the tasks (first axis of ``stack``).
+
+    An exact tie (sum 0) elects ``tie``: 0 in evomerge's recipes (no task agrees, the entry keeps
+    the base), +1 in mergekit (``sign_weight >= 0``).
+    """
+    sign = torch.sign(stack.sum(dim=0))
+    return sign if tie == 0 else torch.where(sign == 0, torch.full_like(sign, tie), sign)
 
 
 def disjoint_mean(stack: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
