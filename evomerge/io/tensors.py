@@ -5,7 +5,11 @@ tensor's bytes only when asked (:meth:`TensorSource.get`), so a merge can walk a
 holding one tensor per source. Formats:
 
 * ``model.safetensors`` or a sharded ``model.safetensors.index.json`` (its ``weight_map`` names the
-  shard of each tensor), read with :func:`safetensors.safe_open` (memory-mapped);
+  shard of each tensor), read with :func:`safetensors.safe_open` (memory-mapped). ``safe_open``'s
+  tensors are views of the file's private mapping, and every page a merge touches would stay in the
+  process's resident set (so RSS would grow to the sources' total size) and an in-place op would
+  change what a later read returns. :meth:`TensorSource.get` therefore opens the shard, copies the one
+  tensor out and unmaps the shard again: what stays resident is the copy;
 * ``pytorch_model.bin`` or ``pytorch_model.bin.index.json``, read with
   ``torch.load(weights_only=True, mmap=True)``: never an unrestricted unpickle, and a zip
   checkpoint's storages stay on disk until a tensor is touched.
@@ -118,20 +122,19 @@ class TensorSource:
 
     # -- headers and reads ------------------------------------------------------------------------
     def _open(self, f: Path) -> Any:
+        if f.suffix == ".safetensors":  # not kept: see the module docstring
+            try:
+                return safe_open(str(f), framework="pt", device="cpu")
+            except (SafetensorError, OSError) as e:
+                raise UserError(f"{f}: unreadable safetensors file (truncated or corrupt?): {e}") from None
         if f not in self._handles:
-            if f.suffix == ".safetensors":
-                try:
-                    self._handles[f] = safe_open(str(f), framework="pt", device="cpu")
-                except (SafetensorError, OSError) as e:
-                    raise UserError(f"{f}: unreadable safetensors file (truncated or corrupt?): {e}") from None
-            else:
-                try:
-                    sd = torch.load(str(f), map_location="cpu", weights_only=True, mmap=True)
-                except Exception as e:  # noqa: BLE001 — the unpickler raises many kinds; all mean 'bad file'
-                    raise UserError(f"{f}: unreadable torch checkpoint (weights_only load failed): {e}") from None
-                if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-                    raise UserError(f"{f}: a torch checkpoint that is not a flat dict of tensors")
-                self._handles[f] = sd
+            try:
+                sd = torch.load(str(f), map_location="cpu", weights_only=True, mmap=True)
+            except Exception as e:  # noqa: BLE001 — the unpickler raises many kinds; all mean 'bad file'
+                raise UserError(f"{f}: unreadable torch checkpoint (weights_only load failed): {e}") from None
+            if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+                raise UserError(f"{f}: a torch checkpoint that is not a flat dict of tensors")
+            self._handles[f] = sd
         return self._handles[f]
 
     def _header(self, f: Path) -> list[TensorInfo]:
@@ -141,12 +144,13 @@ class TensorSource:
             for name, t in h.items():
                 out.append(TensorInfo(name, tuple(t.shape), t.dtype, f))
             return out
-        for name in h.keys():
-            sl = h.get_slice(name)
-            code = sl.get_dtype()
-            if code not in SAFETENSORS_DTYPES:
-                raise UserError(f"{f}: tensor '{name}' has dtype {code}, which evomerge does not read")
-            out.append(TensorInfo(name, tuple(sl.get_shape()), SAFETENSORS_DTYPES[code], f))
+        with h:
+            for name in h.keys():
+                sl = h.get_slice(name)
+                code = sl.get_dtype()
+                if code not in SAFETENSORS_DTYPES:
+                    raise UserError(f"{f}: tensor '{name}' has dtype {code}, which evomerge does not read")
+                out.append(TensorInfo(name, tuple(sl.get_shape()), SAFETENSORS_DTYPES[code], f))
         return out
 
     def names(self) -> list[str]:
@@ -161,14 +165,22 @@ class TensorSource:
         except KeyError:
             raise UserError(f"{self.path}: no tensor '{name}'") from None
 
-    def get(self, name: str) -> torch.Tensor:
-        """Tensor ``name`` in its stored dtype (read from disk now)."""
+    def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Tensor ``name``, read from disk now into memory of its own, in its stored dtype or ``dtype``
+        (floating-point tensors only; others keep theirs)."""
         info = self.info(name)
         h = self._open(info.file)
+
+        def own(t: torch.Tensor) -> torch.Tensor:
+            if dtype is not None and t.is_floating_point() and t.dtype != dtype:
+                return t.to(dtype)
+            return t.clone()
+
         if isinstance(h, dict):
-            return h[name]
+            return own(h[name])
         try:
-            return h.get_tensor(name)
+            with h:
+                return own(h.get_tensor(name))
         except (SafetensorError, OSError, RuntimeError) as e:
             raise UserError(f"{info.file}: cannot read tensor '{name}': {e}") from None
 

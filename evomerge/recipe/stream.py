@@ -120,8 +120,8 @@ def run_job(plan: MergePlan, job: TensorJob, device: torch.device) -> torch.Tens
     out_dtype = job.out_dtype if (job.out_dtype is not None and first.dtype.is_floating_point) else first.dtype
     if job.combine is None or not first.dtype.is_floating_point:
         i, name = job.inputs[0]
-        return plan.sources[i].get(name).to(out_dtype)
-    xs = [plan.sources[i].get(name).to(device, plan.compute_dtype) for i, name in job.inputs]
+        return plan.sources[i].get(name, out_dtype)
+    xs = [plan.sources[i].get(name, plan.compute_dtype).to(device) for i, name in job.inputs]
     y = job.combine(xs)
     del xs
     return y.to("cpu", out_dtype)

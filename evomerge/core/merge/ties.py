@@ -25,20 +25,23 @@ Density = Annotated[float, Field(gt=0.0, le=1.0)]
 def trim_by_magnitude(delta: torch.Tensor, density: float, rounding: str = "ceil") -> torch.Tensor:
     """``delta`` with all but its ``k`` largest-magnitude entries set to 0.
 
-    ``k = ceil(density * numel)`` (``rounding="ceil"``, evomerge's recipes) or
-    ``k = max(1, floor(density * numel))`` (``"floor"``, mergekit's ``sparsify.magnitude``).
+    ``k = ceil(density * numel)`` (``rounding="ceil"``, evomerge's recipes; the top ``k`` by
+    ``topk``) or ``k = max(1, floor(density * numel))`` (``"floor"``, mergekit's
+    ``sparsify.magnitude``). With ``"floor"`` the kept entries are the first ``k`` of a descending
+    ``argsort`` of the magnitudes, as in mergekit, so that when several entries tie in magnitude at
+    the cut the same ones are kept (``topk`` may keep others).
     """
     n = delta.numel()
+    flat = delta.flatten()
+    keep = torch.zeros_like(flat, dtype=torch.bool)
     if rounding == "floor":
         if density >= 1:
             return delta.clone()
-        k = max(1, int(density * n))
-    else:
-        k = min(n, max(1, math.ceil(round(density * n, 6))))
+        keep[torch.argsort(flat.abs(), descending=True)[: max(1, int(density * n))]] = True
+        return (flat * keep).reshape(delta.shape)
+    k = min(n, max(1, math.ceil(round(density * n, 6))))
     if k == n:
         return delta.clone()
-    flat = delta.flatten()
-    keep = torch.zeros_like(flat, dtype=torch.bool)
     keep[flat.abs().topk(k).indices] = True
     return (flat * keep).reshape(delta.shape)
 
