@@ -317,3 +317,27 @@ def test_merge_pretrained_keeps_lm_head_and_tokenizer(family, tmp_path):
     torch.testing.assert_close(got["lm_head.weight"], expect["lm_head.weight"])
     assert not torch.equal(got["lm_head.weight"], read_folder(base)["lm_head.weight"])
     assert len(AutoTokenizer.from_pretrained(out)) == 64
+
+
+def test_parameter_settings_resolve_as_in_mergekit():
+    mk = pytest.importorskip("mergekit.config")
+    from evomerge.io.mergekit_config import MergekitConfig
+    from evomerge.recipe.stream import evaluate_setting
+
+    settings = [0.5, [0.0, 1.0], [0.1, 0.4, 0.2, 0.9], [True, False],
+                [{"filter": "mlp", "value": [0.2, 0.6]}, {"filter": "*", "value": 0.1}], {"filter": "attn", "value": 3}]  # fmt: skip
+    for raw in settings:
+        ours = MergekitConfig.model_validate({"merge_method": "linear", "models": [{"model": "a"}], "parameters": {"p": raw}}).parameters["p"]
+        theirs = mk.MergeConfiguration.model_validate({"merge_method": "linear", "models": [{"model": "a"}], "parameters": {"p": raw}}).parameters["p"]
+        for name in ("model.layers.1.mlp.up_proj.weight", "model.layers.1.self_attn.q_proj.weight"):
+            for t in (0.0, 0.3, 0.5, 2 / 3, 1.0):
+                validate = (lambda v: v) if raw == [True, False] else float
+                assert evaluate_setting(ours, name, t, validate) == mk.evaluate_setting(name, theirs, t, validate=validate), (raw, name, t)
+
+
+def test_unavailable_device_is_a_user_error(family, tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    _, base, fts = family
+    cfg = write_yaml(tmp_path / "c.yaml", mergekit_configs(base, fts)["linear"])
+    bad(tmp_path, capsys, [cfg, "--device", "cuda"], "--device cuda: no CUDA device")
