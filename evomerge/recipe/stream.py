@@ -114,6 +114,28 @@ def execute(plan: MergePlan, out: str | Path, max_shard_bytes: int, device: str 
     return out
 
 
+class LazyInputs:
+    """A job's inputs, each read (and cast) only when taken: ``pop`` hands one over and forgets it,
+    so a per-tensor function that pops its inputs one by one holds one source copy at a time."""
+
+    def __init__(self, loaders: list[Callable[[], torch.Tensor]]):
+        self._loaders = loaders
+
+    def __len__(self) -> int:
+        return len(self._loaders)
+
+    def pop(self, index: int = -1) -> torch.Tensor:
+        return self._loaders.pop(index)()
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return [f() for f in self._loaders[index]]
+        return self._loaders[index]()
+
+    def __iter__(self) -> Any:
+        return (f() for f in self._loaders)
+
+
 def run_job(plan: MergePlan, job: TensorJob, device: torch.device) -> torch.Tensor:
     """One output tensor on the CPU, in its output dtype."""
     first = plan.info(job)
@@ -121,9 +143,11 @@ def run_job(plan: MergePlan, job: TensorJob, device: torch.device) -> torch.Tens
     if job.combine is None or not first.dtype.is_floating_point:
         i, name = job.inputs[0]
         return plan.sources[i].get(name, out_dtype)
-    xs = [plan.sources[i].get(name, plan.compute_dtype).to(device) for i, name in job.inputs]
-    y = job.combine(xs)
-    del xs
+
+    def loader(i: int, name: str) -> Callable[[], torch.Tensor]:
+        return lambda: plan.sources[i].get(name, plan.compute_dtype).to(device)
+
+    y = job.combine(LazyInputs([loader(i, n) for i, n in job.inputs]))  # type: ignore[arg-type]
     return y.to("cpu", out_dtype)
 
 

@@ -26,19 +26,23 @@ Yadav et al. 2023; Yu et al. 2024). With ``tau_t = theta_t - theta_base``:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, MutableSequence, Sequence
 
 import torch
 
 from evomerge.core.merge.dare import dare_drop, rescale_l1
-from evomerge.core.merge.ties import elect_sign, trim_by_magnitude
+from evomerge.core.merge.ties import elect_sign, magnitude_mask
 
 
-def linear(tensors: Sequence[torch.Tensor], weights: Sequence[float], normalize: bool = True) -> torch.Tensor:
-    """``sum_i w_i x_i``, divided by ``sum_i w_i`` when ``normalize``."""
-    out = torch.zeros_like(tensors[0])
+def linear(tensors: Iterable[torch.Tensor], weights: Sequence[float], normalize: bool = True) -> torch.Tensor:
+    """``sum_i w_i x_i``, divided by ``sum_i w_i`` when ``normalize`` (``tensors`` is iterated once)."""
+    out: torch.Tensor | None = None
     for x, w in zip(tensors, weights):
+        if out is None:
+            out = torch.zeros_like(x)
         out.add_(x, alpha=float(w))
+        del x
+    assert out is not None, "linear needs at least one tensor"
     if normalize:
         out.div_(float(sum(weights)))
     return out
@@ -46,7 +50,7 @@ def linear(tensors: Sequence[torch.Tensor], weights: Sequence[float], normalize:
 
 def generalized_task_arithmetic(
     base: torch.Tensor,
-    tensors: list[torch.Tensor],
+    tensors: MutableSequence[torch.Tensor],
     weights: Sequence[float],
     densities: Sequence[float],
     *,
@@ -60,8 +64,9 @@ def generalized_task_arithmetic(
     """One output tensor from ``base`` and the fine-tunes' ``tensors`` (see the module docstring).
 
     ``sparsify``: None, ``"magnitude"`` or ``"random"`` (which needs one generator per tensor).
-    ``tensors`` is emptied as each fine-tune's update enters the stack, so each source copy is freed
-    as soon as it is used: the peak is the base, the stack of ``T`` updates and a few temporaries.
+    ``tensors`` is emptied (``pop(0)``) as each fine-tune's update enters the stack, so each source
+    copy is freed as soon as it is used (with the executor's lazy inputs, read only then): the peak
+    is the base, the stack of ``T`` updates, one input and the trim's temporaries.
     """
     if not tensors:
         return base.clone()
@@ -75,9 +80,9 @@ def generalized_task_arithmetic(
         if sparsify == "magnitude":
             if density <= 0:
                 d.zero_()
-            elif density < 1:
-                kept = trim_by_magnitude(d, density, rounding="floor")
-                d = rescale_l1(d, kept) if rescale else kept
+            elif (keep := magnitude_mask(d, density, rounding="floor")) is not None:
+                d = rescale_l1(d, d * keep) if rescale else d.mul_(keep)
+                del keep
         elif sparsify == "random":
             if density <= 0:
                 d.zero_()

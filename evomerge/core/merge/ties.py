@@ -22,28 +22,42 @@ from evomerge.core.merge.base import MergeMethod, MergeParams, PerLayer, layer_v
 Density = Annotated[float, Field(gt=0.0, le=1.0)]
 
 
-def trim_by_magnitude(delta: torch.Tensor, density: float, rounding: str = "ceil") -> torch.Tensor:
-    """``delta`` with all but its ``k`` largest-magnitude entries set to 0.
+def magnitude_mask(delta: torch.Tensor, density: float, rounding: str = "ceil") -> torch.Tensor | None:
+    """Boolean mask of ``delta``'s ``k`` largest-magnitude entries (None when all are kept).
 
     ``k = ceil(density * numel)`` (``rounding="ceil"``, evomerge's recipes; the top ``k`` by
     ``topk``) or ``k = max(1, floor(density * numel))`` (``"floor"``, mergekit's
-    ``sparsify.magnitude``). With ``"floor"`` the kept entries are the first ``k`` of a descending
-    ``argsort`` of the magnitudes, as in mergekit, so that when several entries tie in magnitude at
-    the cut the same ones are kept (``topk`` may keep others).
+    ``sparsify.magnitude``). With ``"floor"`` the cut is the ``k``-th largest magnitude ``c``
+    (``kthvalue``, linear time, where mergekit sorts): every entry above ``c`` is kept, and of those
+    equal to ``c`` the lowest-indexed ones until ``k`` are kept. The set is mergekit's whenever no
+    tie straddles the cut; at such a tie mergekit keeps whichever entries its (unstable) ``argsort``
+    puts first, which no rule reproduces.
     """
     n = delta.numel()
-    flat = delta.flatten()
-    keep = torch.zeros_like(flat, dtype=torch.bool)
+    flat = delta.reshape(-1)
     if rounding == "floor":
         if density >= 1:
-            return delta.clone()
-        keep[torch.argsort(flat.abs(), descending=True)[: max(1, int(density * n))]] = True
-        return (flat * keep).reshape(delta.shape)
+            return None
+        k = max(1, int(density * n))
+        mag = flat.abs()
+        cut = mag.kthvalue(n - k + 1).values
+        keep = mag > cut
+        need = k - int(keep.sum())
+        if need > 0:
+            keep[(mag == cut).nonzero().flatten()[:need]] = True
+        return keep.reshape(delta.shape)
     k = min(n, max(1, math.ceil(round(density * n, 6))))
     if k == n:
-        return delta.clone()
+        return None
+    keep = torch.zeros(n, dtype=torch.bool, device=delta.device)
     keep[flat.abs().topk(k).indices] = True
-    return (flat * keep).reshape(delta.shape)
+    return keep.reshape(delta.shape)
+
+
+def trim_by_magnitude(delta: torch.Tensor, density: float, rounding: str = "ceil") -> torch.Tensor:
+    """``delta`` with all but its ``k`` largest-magnitude entries set to 0 (see :func:`magnitude_mask`)."""
+    keep = magnitude_mask(delta, density, rounding)
+    return delta.clone() if keep is None else delta * keep
 
 
 def elect_sign(stack: torch.Tensor, tie: float = 0.0) -> torch.Tensor:
