@@ -254,7 +254,7 @@ def plan_recipe(
         except UserError as e:
             if "shapes differ" not in str(e):
                 raise
-            (i, _), base_info = job.inputs[0], sources[0].info(job.name)
+            base_info = sources[0].info(job.name)
             other = next(k for k, n in job.inputs if sources[k].info(n).shape != base_info.shape)
             raise UserError(
                 f"{paths[other]}: parameter '{job.name}' has shape {sources[other].info(job.name).shape}, "
@@ -266,7 +266,11 @@ def plan_recipe(
 
 
 def _recipe_combine(m: Any, name: str, parsed: Any) -> Combine:
-    return lambda xs: m.merge_tensor(name, xs[0], xs[1:], parsed)
+    def combine(xs: Any) -> torch.Tensor:
+        base = xs.pop(0)
+        return m.merge_tensor(name, base, iter(xs), parsed)  # each fine-tune read as its update is taken
+
+    return combine
 
 
 def _index_of(paths: Sequence[Path], target: Path, option: str) -> int:

@@ -13,7 +13,7 @@ A method combines the per-task updates (task vectors) of one key into one update
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -84,11 +84,12 @@ class MergeMethod(ABC):
         p = self.parse(params)
         return add_update(base, {k: self.combine_key(k, [t[k] for t in taus], p) for k in taus[0]})
 
-    def merge_tensor(self, key: str, base: torch.Tensor, finetuned: list[torch.Tensor], params: MergeParams) -> torch.Tensor:
+    def merge_tensor(self, key: str, base: torch.Tensor, finetuned: Iterable[torch.Tensor], params: MergeParams) -> torch.Tensor:
         """One merged tensor, ``base + combine_key(key, [x_t - base])``, in the inputs' dtype.
 
         ``params`` is already parsed (:meth:`parse`); the caller casts the inputs (float32 for the
-        same numbers as :meth:`__call__`) and the result.
+        same numbers as :meth:`__call__`) and the result. ``finetuned`` is iterated once, so a lazy
+        iterable holds one fine-tuned tensor at a time beside the updates.
         """
         return base + self.combine_key(key, [x - base for x in finetuned], params)
 

@@ -30,17 +30,23 @@ def dare_drop(delta: torch.Tensor, p: float, generator: torch.Generator, rescale
     """
     if p <= 0:
         return delta.clone()
-    keep = (torch.rand(delta.shape, generator=generator) >= p).to(delta.device, delta.dtype)
-    kept = delta * keep
+    before = delta.abs().sum() if rescale == "l1" else None
+    kept = delta * dare_keep_mask(delta.shape, p, generator, delta.device)
     if rescale == "inverse":
-        return kept / (1.0 - p)
-    return rescale_l1(delta, kept) if rescale == "l1" else kept
+        return kept.div_(1.0 - p)
+    return rescale_l1_(kept, before) if before is not None else kept
 
 
-def rescale_l1(full: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
-    """``kept * ||full||_1 / ||kept||_1`` (unchanged when either norm is below 1e-7)."""
-    before, after = full.abs().sum(), kept.abs().sum()
-    return kept if before < 1e-7 or after < 1e-7 else kept * (before / after)
+def dare_keep_mask(shape: torch.Size, p: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Boolean mask keeping each entry with probability ``1 - p`` (drawn on the CPU from ``generator``)."""
+    return (torch.rand(shape, generator=generator) >= p).to(device)
+
+
+def rescale_l1_(kept: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+    """Scale ``kept`` in place to the L1 norm ``before`` of what it was cut from:
+    ``kept * before / ||kept||_1``, unchanged when either norm is below 1e-7."""
+    after = kept.abs().sum()
+    return kept if before < 1e-7 or after < 1e-7 else kept.mul_(before / after)
 
 
 def key_generator(seed: int, key: str, task: int) -> torch.Generator:

@@ -28,7 +28,7 @@ def magnitude_mask(delta: torch.Tensor, density: float, rounding: str = "ceil") 
     ``k = ceil(density * numel)`` (``rounding="ceil"``, evomerge's recipes; the top ``k`` by
     ``topk``) or ``k = max(1, floor(density * numel))`` (``"floor"``, mergekit's
     ``sparsify.magnitude``). With ``"floor"`` the cut is the ``k``-th largest magnitude ``c``
-    (``kthvalue``, linear time, where mergekit sorts): every entry above ``c`` is kept, and of those
+    (a selection in linear time, :func:`kth_smallest_`, where mergekit sorts): every entry above ``c`` is kept, and of those
     equal to ``c`` the lowest-indexed ones until ``k`` are kept. The set is mergekit's whenever no
     tie straddles the cut; at such a tie mergekit keeps whichever entries its (unstable) ``argsort``
     puts first, which no rule reproduces.
@@ -39,12 +39,11 @@ def magnitude_mask(delta: torch.Tensor, density: float, rounding: str = "ceil") 
         if density >= 1:
             return None
         k = max(1, int(density * n))
-        mag = flat.abs()
-        cut = mag.kthvalue(n - k + 1).values
-        keep = mag > cut
+        cut = kth_smallest_(flat.abs(), n - k)
+        keep = flat.abs() > cut
         need = k - int(keep.sum())
         if need > 0:
-            keep[(mag == cut).nonzero().flatten()[:need]] = True
+            keep[(flat.abs() == cut).nonzero().flatten()[:need]] = True
         return keep.reshape(delta.shape)
     k = min(n, max(1, math.ceil(round(density * n, 6))))
     if k == n:
@@ -52,6 +51,17 @@ def magnitude_mask(delta: torch.Tensor, density: float, rounding: str = "ceil") 
     keep = torch.zeros(n, dtype=torch.bool, device=delta.device)
     keep[flat.abs().topk(k).indices] = True
     return keep.reshape(delta.shape)
+
+
+def kth_smallest_(x: torch.Tensor, i: int) -> float:
+    """The ``i``-th smallest entry (0-based) of the 1-D ``x``, by selection in linear time. On the CPU
+    ``x`` is partially sorted in place (NumPy's introselect, no copy; ``torch.kthvalue`` would hold a
+    copy and an int64 index per entry), so pass a temporary."""
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        a = x.numpy()
+        a.partition(i)
+        return float(a[i])
+    return float(x.kthvalue(i + 1).values)
 
 
 def trim_by_magnitude(delta: torch.Tensor, density: float, rounding: str = "ceil") -> torch.Tensor:
@@ -67,7 +77,9 @@ def elect_sign(stack: torch.Tensor, tie: float = 0.0) -> torch.Tensor:
     the base), +1 in mergekit (``sign_weight >= 0``).
     """
     sign = torch.sign(stack.sum(dim=0))
-    return sign if tie == 0 else torch.where(sign == 0, torch.full_like(sign, tie), sign)
+    if tie != 0:
+        sign[sign == 0] = tie
+    return sign
 
 
 def disjoint_mean(stack: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
