@@ -130,7 +130,7 @@ def mergekit_configs(base: Path, fts: list[Path]) -> dict[str, dict]:
     return {
         "linear": dict(merge_method="linear", dtype="float32",
                        models=[dict(model=str(f), parameters=dict(weight=w)) for f, w in zip(fts, [1.0, grad, 0.5])]),
-        "task_arithmetic": dict(merge_method="task_arithmetic", base_model=str(base), dtype="float32",
+        "task_arithmetic": dict(merge_method="task_arithmetic", base_model=str(base), dtype="float32", tokenizer_source="base",
                                 parameters=dict(**{"lambda": 0.8}),
                                 models=[dict(model=str(f), parameters=dict(weight=w)) for f, w in zip(fts, [0.3, grad, -0.4])]),
         "ties": dict(merge_method="ties", base_model=str(base), dtype="float32",

@@ -21,6 +21,7 @@ registered methods, :data:`~evomerge.core.merge.MERGE_METHODS`, over a base and 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -292,9 +293,14 @@ class Param:
 
     def validate(self, value: Any, where: str, source: str) -> Any:
         try:
-            return TypeAdapter(self.type).validate_python(value)
+            return _adapter(self.type).validate_python(value)
         except ValidationError:
             raise ConfigError(source, where, f"a {getattr(self.type, '__name__', self.type)} value", value) from None
+
+
+@functools.lru_cache(maxsize=None)
+def _adapter(tp: Any) -> TypeAdapter:
+    return TypeAdapter(tp)
 
 
 _GTA_SHARED = (Param("int8_mask", bool, "shared", False), Param("lambda", float, "shared", 1.0))
