@@ -17,8 +17,8 @@ method the same mergekit YAML is merged by ``evomerge merge`` and by ``mergekit-
 
 mergekit runs with ``--out-shard-size 500M`` (its writer compares it with bytes) and evomerge with
 ``--max-shard-size 500MB``. TIES runs at sizes up to ``TIES_MAX_GB`` only: mergekit's trim sorts
-every update, which at the larger size alone would take most of the ten minutes a run may take on
-two shared cores.
+every update, which at larger sizes would take most of the ten minutes a run may take on two shared
+cores.
 
 Run: ``python benchmarks/streaming_merge.py`` (sizes 0.25 and 1 GB by default, about 0.37 and 1.07 GB
 of float32 weights per model; ``--sizes 0.5,2`` for the pair the issue suggests, which takes far longer).
@@ -41,7 +41,7 @@ PY = sys.executable
 MERGEKIT = str(Path(PY).parent / "mergekit-yaml")
 SHARD = "500MB"
 SHARD_BYTES = 500 * 10**6
-TIES_MAX_GB = 0.5
+TIES_MAX_GB = 1.0
 VOCAB = 32000
 #: size (GB, float32) -> (hidden, intermediate, layers)
 SHAPES = {0.25: (768, 2048, 6), 0.5: (1024, 2816, 5), 1.0: (1536, 4096, 6), 2.0: (2048, 5632, 7)}
