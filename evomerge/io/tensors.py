@@ -12,7 +12,8 @@ holding one tensor per source. Formats:
   tensor out and unmaps the shard again: what stays resident is the copy;
 * ``pytorch_model.bin`` or ``pytorch_model.bin.index.json``, read with
   ``torch.load(weights_only=True, mmap=True)``: never an unrestricted unpickle, and a zip
-  checkpoint's storages stay on disk until a tensor is touched.
+  checkpoint's storages stay on disk until a tensor is touched (the mapping stays open for the
+  source's life, so pages read from it stay resident, file-backed).
 
 Every unreadable or inconsistent file raises :class:`~evomerge.errors.UserError` naming the file.
 """
