@@ -22,21 +22,64 @@ from evomerge.core.merge.base import MergeMethod, MergeParams, PerLayer, layer_v
 Density = Annotated[float, Field(gt=0.0, le=1.0)]
 
 
-def trim_by_magnitude(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """``delta`` with all but its ``ceil(density * numel)`` largest-magnitude entries set to 0."""
+def magnitude_mask(delta: torch.Tensor, density: float, rounding: str = "ceil") -> torch.Tensor | None:
+    """Boolean mask of ``delta``'s ``k`` largest-magnitude entries (None when all are kept).
+
+    ``k = ceil(density * numel)`` (``rounding="ceil"``, evomerge's recipes; the top ``k`` by
+    ``topk``) or ``k = max(1, floor(density * numel))`` (``"floor"``, mergekit's
+    ``sparsify.magnitude``). With ``"floor"`` the cut is the ``k``-th largest magnitude ``c``
+    (a selection in linear time, :func:`kth_smallest_`, where mergekit sorts): every entry above ``c`` is kept, and of those
+    equal to ``c`` the lowest-indexed ones until ``k`` are kept. The set is mergekit's whenever no
+    tie straddles the cut; at such a tie mergekit keeps whichever entries its (unstable) ``argsort``
+    puts first, which no rule reproduces.
+    """
     n = delta.numel()
+    flat = delta.reshape(-1)
+    if rounding == "floor":
+        if density >= 1:
+            return None
+        k = max(1, int(density * n))
+        cut = kth_smallest_(flat.abs(), n - k)
+        keep = flat.abs() > cut
+        need = k - int(keep.sum())
+        if need > 0:
+            keep[(flat.abs() == cut).nonzero().flatten()[:need]] = True
+        return keep.reshape(delta.shape)
     k = min(n, max(1, math.ceil(round(density * n, 6))))
     if k == n:
-        return delta.clone()
-    flat = delta.flatten()
-    keep = torch.zeros_like(flat, dtype=torch.bool)
+        return None
+    keep = torch.zeros(n, dtype=torch.bool, device=delta.device)
     keep[flat.abs().topk(k).indices] = True
-    return (flat * keep).reshape(delta.shape)
+    return keep.reshape(delta.shape)
 
 
-def elect_sign(stack: torch.Tensor) -> torch.Tensor:
-    """Per-entry sign of the summed mass of the tasks (first axis of ``stack``)."""
-    return torch.sign(stack.sum(dim=0))
+def kth_smallest_(x: torch.Tensor, i: int) -> float:
+    """The ``i``-th smallest entry (0-based) of the 1-D ``x``, by selection in linear time. On the CPU
+    ``x`` is partially sorted in place (NumPy's introselect, no copy; ``torch.kthvalue`` would hold a
+    copy and an int64 index per entry), so pass a temporary."""
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        a = x.numpy()
+        a.partition(i)
+        return float(a[i])
+    return float(x.kthvalue(i + 1).values)
+
+
+def trim_by_magnitude(delta: torch.Tensor, density: float, rounding: str = "ceil") -> torch.Tensor:
+    """``delta`` with all but its ``k`` largest-magnitude entries set to 0 (see :func:`magnitude_mask`)."""
+    keep = magnitude_mask(delta, density, rounding)
+    return delta.clone() if keep is None else delta * keep
+
+
+def elect_sign(stack: torch.Tensor, tie: float = 0.0) -> torch.Tensor:
+    """Per-entry sign of the summed mass of the tasks (first axis of ``stack``).
+
+    An exact tie (sum 0) elects ``tie``: 0 in evomerge's recipes (no task agrees, the entry keeps
+    the base), +1 in mergekit (``sign_weight >= 0``).
+    """
+    sign = torch.sign(stack.sum(dim=0))
+    if tie != 0:
+        sign[sign == 0] = tie
+    return sign
 
 
 def disjoint_mean(stack: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
