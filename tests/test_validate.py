@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from evomerge.cli import main
 from evomerge.errors import ConfigError
 from evomerge.search.space import load_space, mask_inactive, parse_space, sample_genomes
 
@@ -32,10 +33,12 @@ def branch(data: dict) -> dict:
     return data["recipe"]["branches"][0]
 
 
-def cli(*args: str, cache: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, EVOMERGE_CACHE=str(cache), PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "evomerge.cli", *args], capture_output=True, text=True,
-                          timeout=300, env=env, cwd=ROOT)
+def cli(*args: str, cache: Path, capsys, monkeypatch) -> tuple[int, str]:
+    """The command in this interpreter: (exit status, stderr)."""
+    monkeypatch.setenv("EVOMERGE_CACHE", str(cache))
+    capsys.readouterr()
+    code = main(list(args))
+    return code, capsys.readouterr().err
 
 
 BAD_SPACES = {
@@ -69,45 +72,53 @@ def test_bad_space_names_file_and_recipe_field(tmp_path, case):
     assert (info.value.file, info.value.field) == (str(path), field) and expected in str(info.value), str(info.value)
 
 
-#: The issue's inputs, through the CLI (each a fresh interpreter, so only these).
-CLI_CASES = ["trunk-typo", "fit-items-text", "tune-lr-text", "negative-seed", "gene-model-choice", "kind-typo"]
-
-
-@pytest.mark.parametrize("case", CLI_CASES)
-def test_bad_space_exits_2_before_any_candidate(tmp_path, case):
+@pytest.mark.parametrize("case", ["trunk-typo", "fit-items-text", "tune-lr-text", "negative-seed",
+                                  "gene-model-choice", "kind-typo"])
+def test_bad_space_exits_2_before_any_candidate(tmp_path, case, capsys, monkeypatch):
     edit, field, expected = BAD_SPACES[case]
     space = tmp_path / "bad.yaml"
     space.write_text(yaml.safe_dump(edited(edit), sort_keys=False))
     run = tmp_path / "run"
-    proc = cli("search", "--space", str(space), "--run-dir", str(run), "--no-progress", cache=tmp_path / "cache")
-    assert proc.returncode == 2, proc.stderr
-    assert f"{space}: field '{field}'" in proc.stderr and expected in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stderr
+    code, err = cli("search", "--space", str(space), "--run-dir", str(run), "--no-progress", cache=tmp_path / "cache",
+                    capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 2, err
+    assert f"{space}: field '{field}'" in err and expected in err, err
     assert not run.exists() and not (tmp_path / "cache" / "zoo").exists()  # no run folder, no model trained
+
+
+def test_bad_space_in_a_fresh_interpreter_exits_2_without_traceback(tmp_path):
+    space = tmp_path / "bad.yaml"
+    space.write_text(yaml.safe_dump(edited(BAD_SPACES["trunk-typo"][0]), sort_keys=False))
+    env = dict(os.environ, EVOMERGE_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "evomerge.cli", "search", "--space", str(space), "--run-dir",
+                           str(tmp_path / "run")], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert proc.returncode == 2 and "field 'recipe.trunk'" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize(("content", "detail"), [
     (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", "UTF-8 text"),
     ("name: caf\xe9\n".encode("latin-1"), "byte 0xe9 at offset 9"),
 ])
-def test_binary_space_file_exits_2_naming_it(tmp_path, content, detail):
+def test_binary_space_file_exits_2_naming_it(tmp_path, content, detail, capsys, monkeypatch):
     space = tmp_path / "space.bin"
     space.write_bytes(content)
-    proc = cli("search", "--space", str(space), "--run-dir", str(tmp_path / "run"), cache=tmp_path / "cache")
-    assert proc.returncode == 2 and str(space) in proc.stderr and detail in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
+    code, err = cli("search", "--space", str(space), "--run-dir", str(tmp_path / "run"), cache=tmp_path / "cache",
+                    capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 2 and str(space) in err and detail in err, err
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize(("flag", "value", "expected"), [
     ("--seed", "-1", "--seed -1: expected greater than or equal to 0"),
     ("--budget", "0", "--budget 0: expected greater than or equal to 1"),
 ])
-def test_cli_overrides_are_range_checked(tmp_path, flag, value, expected):
+def test_cli_overrides_are_range_checked(tmp_path, flag, value, expected, capsys, monkeypatch):
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump(CROSS_ARCH))
-    proc = cli("search", "--space", str(space), "--run-dir", str(tmp_path / "run"), flag, value, cache=tmp_path / "cache")
-    assert proc.returncode == 2 and expected in proc.stderr and str(space) in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
+    code, err = cli("search", "--space", str(space), "--run-dir", str(tmp_path / "run"), flag, value,
+                    cache=tmp_path / "cache", capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 2 and expected in err and str(space) in err, err
+    assert not (tmp_path / "run").exists()
 
 
 def test_sample_genomes_cover_every_value_active_and_conditionals_inactive():
