@@ -56,6 +56,17 @@ def test_zoo_list_shows_missing_models_and_builds_them_on_request(tmp_path):
         assert r["built"] is True and r["test_accuracy"] > 0.85
 
 
+def test_a_reader_that_closes_the_pipe_early_gets_no_traceback(tmp_path):
+    """``evomerge zoo list --json | head -c1``: the closed pipe ends the command quietly."""
+    import os
+
+    proc = subprocess.Popen([sys.executable, "-m", "evomerge.cli", "zoo", "list", "--json", "--dataset", "digits"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, EVOMERGE_CACHE=str(tmp_path)))
+    proc.stdout.close()  # before the interpreter has started, so its first write meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 1 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
 HEAVY = ("torch", "numpy", "ray", "optuna", "deap", "matplotlib", "sklearn", "scipy", "pydantic")
 
 
