@@ -13,7 +13,8 @@ Format 2 adds ``dim`` and the model ``mirt`` (P = σ(a·θ − ‖a‖ b), ``a``
 
 Format 3 admits any item id (a log's ``doc_hash``, a table's own ids; run banks keep the pattern
 above), sources that are log files (``reader``, no item list hash), each item's ``prompt_hash``
-where the log gave one, the bank's ``fingerprint`` (:func:`prompt_fingerprint`) and ``origin``
+where the log gave one, the bank's ``fingerprint`` (:func:`prompt_fingerprint`, a record of the
+items and prompts it was calibrated on) and ``origin``
 (reader, filter, metric, n-shot, harness version, binarisation rule). :func:`check_items` compares a
 bank with the items a candidate is to be scored on.
 """
@@ -103,8 +104,6 @@ class ItemBank(_Strict):
             if bad is not None:
                 raise ValueError(f"items.{bad}.id: expected a run's item id (dataset/condition/split/index/hash10), "
                                  f"got {self.items[bad].id!r}")
-        if self.fingerprint is not None and self.fingerprint != prompt_fingerprint(self.item_ids, self.prompt_hashes):
-            raise ValueError("fingerprint: expected the SHA-256 of the items' ids and prompt hashes; items were edited")
         return self
 
     @model_validator(mode="after")
@@ -147,6 +146,8 @@ def prompt_fingerprint(ids: Sequence[str], prompt_hashes: Sequence[str | None]) 
 def check_items(bank: ItemBank, bank_path: str | Path, items: Mapping[str, str | None]) -> None:
     """Exit 2 unless ``items`` (id -> prompt hash, None where unknown) are the bank's items with the
     same prompts where both sides know them; the error names the items that differ."""
+    if bank.fingerprint == prompt_fingerprint(list(items), list(items.values())):
+        return
     missing = [i for i in bank.item_ids if i not in items]
     extra = [i for i in items if i not in set(bank.item_ids)]
     changed = [i.id for i in bank.items if i.id in items and None not in (i.prompt_hash, items[i.id])
@@ -197,7 +198,7 @@ def load_bank(path: str | Path, task_item_ids: Sequence[str] | None = None) -> I
         first = err.errors()[0]
         field = ".".join(str(k) for k in first["loc"] if k not in _UNION_TAGS) or "(root)"
         more = f" (and {err.error_count() - 1} more problems)" if err.error_count() > 1 else ""
-        raise ConfigError(str(path), field, first["msg"] + more, first.get("input")) from None
+        raise ConfigError(str(path), field, first["msg"] + more, first.get("input") if first["loc"] else None) from None
     if task_item_ids is not None and bank.item_ids != list(task_item_ids):
         ids, task_ids = bank.item_ids, list(task_item_ids)
         k = next((i for i, (x, y) in enumerate(zip(ids, task_ids)) if x != y), min(len(ids), len(task_ids)))
