@@ -130,6 +130,8 @@ def test_real_log_with_several_filters(harness, capsys):
         read_matrix("lm-eval", [harness / "out"], ReadOptions(task="rl_gen"))
     matrix = read_matrix("lm-eval", [harness / "out"], ReadOptions(task="rl_gen", filter="strict"))
     assert matrix.values.shape == (3, 8) and matrix.info["filter"] == "strict" and matrix.info["metric"] == "exact_match"
+    items = load_items(harness / "gen.jsonl", {"type": "generation", "prompt": "prompt", "target": "target"})
+    assert matrix.item_ids == list(items.ids) and [i.prompt_hash for i in matrix.item_info] == list(map(prompt_hash, items))
     assert main(["calibrate", "--from", "lm-eval", str(harness / "out"), "--task", "rl_gen", "--out", "x.json"]) == 2
     assert "choose one with --filter" in capsys.readouterr().err
 
@@ -186,6 +188,7 @@ class ReaderConformance:
 
     name: str
     options = ReadOptions(task="t")
+    model_prefix = ""  # how the reader names model m1: <prefix>m1
 
     def write(self, tmp: Path) -> list[Path]:
         raise NotImplementedError
@@ -194,7 +197,7 @@ class ReaderConformance:
         return [f"q{k}" for k in range(4)]
 
     def models(self) -> list[str]:
-        return MODELS
+        return [self.model_prefix + m for m in MODELS]
 
     def malformed(self, tmp: Path) -> tuple[list[Path], str]:
         """Files with a malformed line, and the ``file:line`` the error must name."""
@@ -237,15 +240,13 @@ class ReaderConformance:
 
 class TestLmEval(ReaderConformance):
     name = "lm-eval"
+    model_prefix = "org/"  # results' model_name
 
     def write(self, tmp):
         return write_lm_eval(tmp)
 
     def ids(self):
         return [doc_hash(d) for d in DOCS]
-
-    def models(self):
-        return [f"org/{m}" for m in MODELS]
 
     def malformed(self, tmp):
         paths = write_lm_eval(tmp)
@@ -307,6 +308,7 @@ class TestDetailsV2(ReaderConformance):
 
     name = "details"
     options = ReadOptions(task="t", metric="acc")
+    model_prefix = "org__"  # the folder details_org__m1
 
     def write(self, tmp):
         return [write_parquet(tmp / f"details_org__{m}" / "2024-06-26T18-52-22" / f"samples_leaderboard_t_{m}.parquet",
@@ -315,9 +317,6 @@ class TestDetailsV2(ReaderConformance):
 
     def ids(self):
         return [doc_hash(d) for d in DOCS]
-
-    def models(self):
-        return [f"org__{m}" for m in MODELS]
 
     def extra_args(self):
         return ["--metric", "acc"]
@@ -345,6 +344,7 @@ class TestDetailsV1(ReaderConformance):
 
     name = "details"
     options = ReadOptions(task="t", join_on="example")
+    model_prefix = "org__"
 
     def write(self, tmp):
         orders = [[0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]]
@@ -354,9 +354,6 @@ class TestDetailsV1(ReaderConformance):
 
     def ids(self):
         return [content_id(d["question"]) for d in DOCS]
-
-    def models(self):
-        return [f"org__{m}" for m in MODELS]
 
     def extra_args(self):
         return ["--join-on", "example"]

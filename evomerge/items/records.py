@@ -163,14 +163,6 @@ def doc_hash(doc: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(doc, indent=2, default=plain, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
-def prompt_hash(item: Item) -> str | None:
-    """lm-eval's ``prompt_hash`` of the item's zero-shot prompt (SHA-256 of the context of its first
-    request: a multiple-choice item's ``context``, a generation item's ``prompt``), or None for
-    classification items. Equal to lm-eval's only without few-shot examples, description or chat template."""
-    text = item.fields.get("context", item.fields.get("prompt"))
-    return None if text is None else hashlib.sha256(str(text).encode("utf-8")).hexdigest()
-
-
 @dataclass(frozen=True)
 class Item:
     """One item: stable ``id``, ``split``, the fields its scorer reads, and where it came from."""
@@ -179,6 +171,14 @@ class Item:
     split: str
     fields: Mapping[str, Any]
     where: str = ""
+
+
+def prompt_hash(item: Item) -> str | None:
+    """lm-eval's ``prompt_hash`` of the item's zero-shot prompt (SHA-256 of the context of its first
+    request: a multiple-choice item's ``context``, a generation item's ``prompt``), or None for
+    classification items. Equal to lm-eval's only without few-shot examples, description or chat template."""
+    text = item.fields.get("context", item.fields.get("prompt"))
+    return None if text is None else hashlib.sha256(str(text).encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
