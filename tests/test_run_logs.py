@@ -20,6 +20,7 @@ from evomerge.fitness.bank import check_items, load_bank, prompt_fingerprint
 from evomerge.fitness.estimators import ESTIMATORS
 from evomerge.fitness.readers import READERS, ReadOptions, read_matrix
 from evomerge.fitness.readers.harness import content_id
+from evomerge.fitness.search_fitness import source_matrix
 from evomerge.items import doc_hash, load_items, prompt_hash
 from tests.lm_tiny import tiny_llama
 from tests.test_items_lm_eval import MC, TASK, mc_docs, write_jsonl
@@ -438,7 +439,7 @@ def test_every_reader_has_a_conformance_class():
     assert {cls.name for cls in ReaderConformance.__subclasses__()} == set(READERS.names())
 
 
-def test_options_belong_to_from_and_run_banks_keep_their_id_pattern(tmp_path, capsys):
+def test_options_belong_to_from_and_log_banks_are_not_run_banks(tmp_path, capsys):
     assert main(["calibrate", "runs/x", "--task", "a/b", "--out", str(tmp_path / "b.json"), "--filter", "none"]) == 2
     assert "--filter: only with --from" in capsys.readouterr().err
     assert main(["calibrate", "--from", "csv", "x", "--task", "t", "--out", "b.json"]) == 2
@@ -446,6 +447,8 @@ def test_options_belong_to_from_and_run_banks_keep_their_id_pattern(tmp_path, ca
     paths = TestPyirt().write(tmp_path)
     bank = tmp_path / "bank.json"
     assert main(["calibrate", "--from", "pyirt", *map(str, paths), "--task", "t", "--out", str(bank), "--holdout", "0"]) == 0
+    with pytest.raises(ConfigError, match=r"expected a bank fitted on run folders \(a bank read from logs is not refitted\)"):
+        source_matrix(load_bank(bank), str(bank))
     raw = json.loads(bank.read_text())
     raw["sources"][0]["reader"] = "run"
     bank.write_text(json.dumps(raw))
