@@ -47,7 +47,7 @@ def test_round_trip(run_dir, bank_file):
     assert bank.item_ids == IDS and bank.task == "mnist1d/all" and bank.backend == "mml"
     assert bank.sources[0].responses_sha256 == matrix.sources[0].responses_sha256
     assert bank.diagnostics["n_heldout"] == 30 and 0.5 < bank.diagnostics["heldout_auc"] <= 1
-    assert json.loads(bank_file.read_text())["format_version"] == 2
+    assert json.loads(bank_file.read_text())["format_version"] == 3
 
 
 def test_multidimensional_bank_round_trips_and_old_banks_load(run_dir, bank_file, tmp_path):

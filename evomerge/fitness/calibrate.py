@@ -54,6 +54,13 @@ def item_flags(responses: np.ndarray) -> list[list[str]]:
     return flags
 
 
+def _weighted(observed: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Responses y in [0, 1] as two weighted 0/1 observations (1 with weight y, 0 with 1 − y), so the
+    sklearn metrics take soft responses; for 0/1 responses the metrics are unchanged."""
+    return (np.r_[np.ones_like(observed), np.zeros_like(observed)], np.r_[predicted, predicted],
+            np.r_[observed, 1 - observed])
+
+
 def _split_half_predictions(
     params: ItemParams, rows: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, list[float]]:
@@ -82,7 +89,8 @@ def calibrate(
     dim: int | None = None,
     progress: bool = False,
 ) -> Calibration:
-    """Fit a 2PL to ``responses`` (candidates × items, 0/1/NaN) and report held-out fit quality;
+    """Fit a 2PL to ``responses`` (candidates × items, 0/1/NaN; probabilities for ``mml``) and report
+    held-out fit quality;
     ``progress`` shows each fit as it starts."""
     y = np.asarray(responses, dtype=float)
     if not 0.0 <= holdout < 1.0:
@@ -110,15 +118,18 @@ def calibrate(
                 steps.begin(f"D={d}: fit on {len(train)} candidates, predict {n_held} held out")
                 obs, pred, abs_err = _split_half_predictions(fit(y[train], backend, bounds, d).params, y[held],
                                                              np.random.default_rng(split_seed))
-                pred = np.clip(pred, EPS, 1 - EPS)
+                y01, p, w = _weighted(obs, np.clip(pred, EPS, 1 - EPS))
                 by_dim[d] = {
-                    "heldout_loglik": float(-log_loss(obs, pred, labels=[0, 1])),
-                    "heldout_auc": float(roc_auc_score(obs, pred)) if len(np.unique(obs)) == 2 else float("nan"),
+                    "heldout_loglik": float(-log_loss(y01, p, sample_weight=w, labels=[0, 1])),
+                    "heldout_auc": float(roc_auc_score(y01, p, sample_weight=w)) if 0 < obs.sum() < len(obs)
+                    else float("nan"),
                     "heldout_mae": float(np.mean(abs_err)),
                 }
                 steps.advance(f"D={d}: held-out loglik {by_dim[d]['heldout_loglik']:.4f}")
             dim = max(by_dim, key=lambda d: by_dim[d]["heldout_loglik"])
-            diagnostics |= by_dim[dim] | {"heldout_loglik_item_means": float(-log_loss(obs_by_row, baseline, labels=[0, 1]))}
+            y01, p, w = _weighted(obs_by_row, baseline)
+            diagnostics |= by_dim[dim] | {"heldout_loglik_item_means": float(-log_loss(y01, p, sample_weight=w,
+                                                                                       labels=[0, 1]))}
             if len(dims) > 1:
                 diagnostics |= {f"heldout_loglik_dim{d}": m["heldout_loglik"] for d, m in by_dim.items()}
         dim = dims[0] if dim is None else dim

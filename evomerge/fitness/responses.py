@@ -15,9 +15,9 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -102,17 +102,31 @@ class ResponseLog:
 
 @dataclass(frozen=True)
 class SourceRun:
-    """A run a matrix was read from, with hashes that pin the exact files."""
+    """A run folder (``reader`` ``run``) or a log file (a reader of :mod:`evomerge.fitness.readers`) a
+    matrix was read from, with hashes that pin the exact files (a log file has no separate item list)."""
 
     path: str
     responses_sha256: str
-    items_sha256: str
+    items_sha256: str | None
     n_records: int
+    reader: str = "run"
+
+
+@dataclass(frozen=True)
+class ItemInfo:
+    """What a log says of an item beside its id: lm-eval's ``doc_id`` (a position, only a hint),
+    ``prompt_hash`` (SHA-256 of the prompt the model saw) and ``target_hash``."""
+
+    doc_id: int | None = None
+    prompt_hash: str | None = None
+    target_hash: str | None = None
 
 
 @dataclass(frozen=True)
 class ResponseMatrix:
-    """Candidates × items answers of one task split: 1.0, 0.0 or NaN (not answered)."""
+    """Candidates × items answers of one task split: 1.0, 0.0 or NaN (not answered); a probability
+    in between where a reader kept continuous scores. ``item_info`` (one per item) and ``info``
+    (reader, filter, metric, n-shot, harness version, binarisation rule) come from log readers."""
 
     task: str
     split: str
@@ -120,9 +134,11 @@ class ResponseMatrix:
     item_ids: list[str]
     values: np.ndarray
     sources: list[SourceRun]
+    item_info: list[ItemInfo] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -171,7 +187,7 @@ def read_responses(run_dirs: Sequence[str | Path], task_key: str, split: str = "
                                 f"but {items_path} lists {len(ids)}")
             row = rows.setdefault(f"{run.name}/{record.id}", {})
             row.update(zip(record.items, map(float, record.correct)))
-        sources.append(SourceRun(str(run), _sha256(responses), _sha256(items_path), len(records)))
+        sources.append(SourceRun(str(run), sha256_file(responses), sha256_file(items_path), len(records)))
     if item_ids is None:
         raise UserError(f"no responses for task '{task_key}' ({split}) in {', '.join(map(str, run_dirs))}")
     values = np.full((len(rows), len(item_ids)), np.nan)

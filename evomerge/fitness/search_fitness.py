@@ -71,6 +71,10 @@ def source_matrix(bank: ItemBank, bank_path: str) -> np.ndarray:
     field = "sources (needed by fitness.recalibrate_every)"
     if not bank.sources:
         raise ConfigError(bank_path, field, "the source runs the bank was fitted on", "none recorded")
+    logs = [s.path for s in bank.sources if s.reader != "run"]
+    if logs:
+        raise ConfigError(bank_path, field, "a bank fitted on run folders (a bank read from logs is not refitted)",
+                          logs[0])
     try:
         matrix = read_responses([s.path for s in bank.sources], bank.task, bank.split)
     except UserError as err:

@@ -11,11 +11,12 @@ from evomerge.items.records import (
     MultipleChoiceFormat,
     doc_hash,
     parse_format,
+    prompt_hash,
 )
 from evomerge.items.scorers import SCORERS, ScoreResult, Scorer, make_scorer
 
 __all__ = [
     "READERS", "SCORERS", "ClassificationFormat", "GenerationFormat", "Item", "ItemReader", "ItemSet",
     "MultipleChoiceFormat", "ScoreResult", "Scorer", "builtin_items", "doc_hash", "load_items", "make_scorer",
-    "parse_format", "task_items",
+    "parse_format", "prompt_hash", "task_items",
 ]

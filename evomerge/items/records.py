@@ -173,6 +173,14 @@ class Item:
     where: str = ""
 
 
+def prompt_hash(item: Item) -> str | None:
+    """lm-eval's ``prompt_hash`` of the item's zero-shot prompt (SHA-256 of the context of its first
+    request: a multiple-choice item's ``context``, a generation item's ``prompt``), or None for
+    classification items. Equal to lm-eval's only without few-shot examples, description or chat template."""
+    text = item.fields.get("context", item.fields.get("prompt"))
+    return None if text is None else hashlib.sha256(str(text).encode("utf-8")).hexdigest()
+
+
 @dataclass(frozen=True)
 class ItemSet:
     """Items of one kind (the format's ``type``) with unique ids, in file order."""
