@@ -92,14 +92,8 @@ class Scorer(ABC):
 SCORERS: Registry[type[Scorer]] = Registry("scorer")
 
 
-def register(name: str):
-    """Register a :class:`Scorer` under the format ``type`` it scores (also sets ``cls.name``)."""
-
-    def deco(cls: type[Scorer]) -> type[Scorer]:
-        cls.name = name
-        return SCORERS.register(name)(cls)
-
-    return deco
+#: ``@register(name)``: a :class:`Scorer` under the format ``type`` it scores (sets ``cls.name``).
+register = SCORERS.named
 
 
 def make_scorer(fmt: Any, source: str = "<format>") -> Scorer:
