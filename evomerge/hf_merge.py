@@ -10,7 +10,6 @@ is kept, a causal LM's ``lm_head`` included, so the class named in ``config.json
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,25 +18,13 @@ from evomerge.core.merge import KeyFilter
 from evomerge.errors import UserError
 from evomerge.io.writer import parse_size
 from evomerge.recipe.stream import execute, plan_recipe
+from evomerge.sources.hf import HFSource
 
 
 def exclude_prefixes(prefixes: Sequence[str]) -> KeyFilter:
     """Key filter that leaves out (keeps the base's) every entry under one of ``prefixes``
     (e.g. ``["classifier."]`` when each fine-tune has its own task head)."""
     return lambda key: not any(key.startswith(p) for p in prefixes)
-
-
-def architecture(path: str | Path) -> str:
-    """The model class ``config.json`` names (``architectures[0]``, else its ``model_type``)."""
-    cfg_file = Path(path) / "config.json"
-    if not cfg_file.exists():
-        raise UserError(f"{path}: not a Hugging Face model directory (no config.json)")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except ValueError as e:
-        raise UserError(f"{cfg_file}: not valid JSON ({e})") from None
-    archs = cfg.get("architectures") or [cfg.get("model_type", "unknown")]
-    return str(archs[0])
 
 
 def merge_pretrained(
@@ -57,9 +44,9 @@ def merge_pretrained(
     ``config.json``, whose ``architectures`` picks the class. Raises :class:`UserError` when a
     directory is not a model of the base's class and shapes, or ``out`` exists and is not empty.
     """
-    base_arch = architecture(base)
-    for path in finetuned:
-        arch = architecture(path)
+    base_arch = HFSource.open("merge_pretrained", "base", path=base).architecture
+    for i, path in enumerate(finetuned):
+        arch = HFSource.open("merge_pretrained", f"finetuned[{i}]", path=path).architecture
         if arch != base_arch:
             raise UserError(f"{path}: a {arch}, but the base {base} is a {base_arch}")
     plan = plan_recipe(method, base, finetuned, params, keys)

@@ -46,7 +46,7 @@ from evomerge.fitness.estimators import ESTIMATORS, recipe_prior
 from evomerge.fitness.irt.ability import ThetaPrior, estimate_ability
 from evomerge.fitness.irt.model import ItemParams
 from evomerge.fitness.responses import read_responses
-from evomerge.search.space import FitnessSettings
+from evomerge.settings import FitnessSettings
 
 Answer = Callable[[np.ndarray], np.ndarray]
 #: Anchor items per task when the space's ``fitness.items`` is not set.

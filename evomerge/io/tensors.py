@@ -21,6 +21,7 @@ Every unreadable or inconsistent file raises :class:`~evomerge.errors.UserError`
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,9 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
 
 SAFE_SINGLE, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
 BIN_SINGLE, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
+#: A repeated block in a tensor name: ``model.layers.3.mlp...`` (Llama, Mistral, Qwen...), ``h.3``
+#: (GPT-2), ``encoder.layer.3`` (BERT), ``blocks.3``.
+LAYER = re.compile(r"^(?P<prefix>(?:.*\.)?(?:layers|layer|h|blocks))\.(?P<index>\d+)\.(?P<rest>.+)$")
 
 
 @dataclass(frozen=True)
@@ -200,3 +204,11 @@ class TensorSource:
 
     def close(self) -> None:
         self._handles.clear()
+
+
+def is_vocab_tensor(source: TensorSource, name: str) -> bool:
+    """A tensor with one row per token (embeddings, LM head): outside the repeated blocks, with
+    ``shape[0]`` equal to the source's ``vocab_size``."""
+    vocab = source.config().get("vocab_size")
+    info = source.infos.get(name)
+    return info is not None and LAYER.match(name) is None and vocab is not None and len(info.shape) >= 1 and info.shape[0] == vocab

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -28,11 +28,48 @@ from evomerge.fitness.search_fitness import BankFitness, Scored
 from evomerge.recipe.materialize import Materialized, materialize
 from evomerge.recipe.merged import weight_for
 from evomerge.recipe.schema import StitchRecipe, parse_recipe
-from evomerge.search.space import FitnessSettings, SearchSpace
+from evomerge.settings import FitnessSettings, ZooSettings
 from evomerge.zoo.catalog import Zoo
 
 #: Items in the batch whose forward time is reported as ``latency_ms``.
 LATENCY_BATCH = 256
+
+
+class TaskSetting(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def dataset(self) -> str: ...
+    @property
+    def condition(self) -> str: ...
+    @property
+    def weight(self) -> float: ...
+
+
+class ObjectiveSetting(Protocol):
+    @property
+    def metric(self) -> str: ...
+    @property
+    def direction(self) -> str: ...
+
+
+class EvaluatorSettings(Protocol):
+    """What the evaluator reads of a search space (a :class:`~evomerge.search.space.SearchSpace` is one)."""
+
+    @property
+    def source(self) -> str: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def models(self) -> Sequence[str]: ...
+    @property
+    def tasks(self) -> Sequence[TaskSetting]: ...
+    @property
+    def zoo(self) -> ZooSettings: ...
+    @property
+    def fitness(self) -> FitnessSettings: ...
+    @property
+    def objectives(self) -> Sequence[ObjectiveSetting]: ...
 
 
 def recipe_mixing(recipe: dict[str, Any], task_key: str) -> dict[str, float]:
@@ -57,7 +94,7 @@ class RecipeEvaluator:
     ``verified/<task>`` (1 when every item was answered, so the accuracy is exact).
     """
 
-    def __init__(self, space: SearchSpace, split: str = "val", estimator: str | None = None, device: str = "cpu"):
+    def __init__(self, space: EvaluatorSettings, split: str = "val", estimator: str | None = None, device: str = "cpu"):
         self.space, self.split, self.device = space, split, device
         self.estimator = estimator or space.fitness.estimator
         self.tasks: dict[str, TaskData] = {

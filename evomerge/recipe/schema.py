@@ -15,19 +15,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
+from evomerge import settings
 from evomerge.errors import config_error
-
-#: A random seed: what numpy, random and torch all accept.
-Seed = Annotated[int, Field(ge=0, lt=2**32)]
+from evomerge.settings import Seed
 
 
-class Strict(BaseModel):
-    """Unknown fields are errors, so are NaN and infinite numbers; a null field takes its default
-    (inactive conditional genes decode to null)."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class Strict(settings.Strict):
+    """A settings record in which a null field takes its default (inactive conditional genes decode to null)."""
 
     @model_validator(mode="before")
     @classmethod

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from evomerge.core.merge.dare import key_generator
 from evomerge.core.merge.generalized import generalized_task_arithmetic, linear
 from evomerge.errors import ConfigError, UserError
 from evomerge.io.mergekit_config import ConditionalParameter, InputSlice, MergekitConfig, OutputSlice
-from evomerge.io.tensors import TensorInfo, TensorSource
+from evomerge.io.tensors import LAYER, TensorInfo, TensorSource, is_vocab_tensor
 from evomerge.io.writer import ShardedWriter, atomic_folder
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
@@ -47,9 +46,6 @@ TOKENIZER_FILES = (
     "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json", "tokenizer.model", "vocab.json",
     "merges.txt", "added_tokens.json", "vocab.txt", "chat_template.jinja", "chat_template.json", "generation_config.json",
 )  # fmt: skip
-#: A repeated block in a tensor name: ``model.layers.3.mlp...`` (Llama, Mistral, Qwen...), ``h.3``
-#: (GPT-2), ``encoder.layer.3`` (BERT), ``blocks.3``.
-LAYER = re.compile(r"^(?P<prefix>(?:.*\.)?(?:layers|layer|h|blocks))\.(?P<index>\d+)\.(?P<rest>.+)$")
 
 Combine = Callable[[list[torch.Tensor]], torch.Tensor]
 
@@ -178,14 +174,6 @@ def output_config(donor: TensorSource, out_dtype: torch.dtype | None, **updates:
         name = str(out_dtype).removeprefix("torch.")
         cfg["torch_dtype" if "torch_dtype" in cfg and "dtype" not in cfg else "dtype"] = name
     return cfg
-
-
-def is_vocab_tensor(source: TensorSource, name: str) -> bool:
-    """A tensor with one row per token (embeddings, LM head): outside the repeated blocks, with
-    ``shape[0]`` equal to the source's ``vocab_size``."""
-    vocab = source.config().get("vocab_size")
-    info = source.infos.get(name)
-    return info is not None and LAYER.match(name) is None and vocab is not None and len(info.shape) >= 1 and info.shape[0] == vocab
 
 
 def check_job(plan_sources: Sequence[TensorSource], labels: Sequence[str], job: TensorJob) -> None:

@@ -18,8 +18,6 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
     StrictBool,
@@ -28,19 +26,15 @@ from pydantic import (
     StrictStr,
     ValidationError,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 
 from evomerge.errors import ConfigError, FieldIssue, config_error, read_text
-from evomerge.recipe.schema import RECIPE_KINDS, Seed, model_refs, parse_recipe
+from evomerge.recipe.schema import RECIPE_KINDS, model_refs, parse_recipe
+from evomerge.settings import FitnessSettings, Resources, Seed, Strict, ZooSettings
 
 Scalar = Union[StrictBool, StrictInt, StrictFloat, StrictStr, None]
-
-
-class Strict(BaseModel):
-    """Base of every schema model: unknown fields are errors, so are NaN and infinite numbers."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 #: A probability setting of an engine, in [0, 1].
@@ -107,10 +101,6 @@ GENE_TYPES = ("categorical", "int", "float")
 TAGS = {"type": ("a gene type", GENE_TYPES)}
 
 
-class ZooSettings(Strict):
-    seed: Seed = 0
-
-
 class TaskSpec(Strict):
     name: Annotated[str, Field(min_length=1)]
     dataset: str
@@ -162,51 +152,6 @@ class Budget(Strict):
     time_s: Annotated[float, Field(gt=0)] | None = None
 
 
-class FitnessSettings(Strict):
-    """How candidates are scored: on every item (``full``) or estimated from an item bank.
-
-    ``estimator`` and ``anchors`` name entries of :mod:`evomerge.fitness`'s registries;
-    ``items`` anchor items per task; ``adaptive`` adds the most informative items in
-    batches of ``batch`` until the estimate's ``z``-interval clears the threshold (at most
-    ``max_items``): ``threshold: best`` is the incumbent (best verified accuracy), ``front`` the
-    accuracy the candidate must beat to join the Pareto front given its other objectives;
-    every ``recalibrate_every`` evaluations the bank is refitted on its source runs plus the
-    run's answers (None: never).
-    """
-
-    estimator: str = "full"
-    bank: str | None = None
-    items: Annotated[int, Field(ge=1)] | None = None
-    anchors: str = "random"
-    adaptive: bool = False
-    z: Annotated[float, Field(gt=0)] = 1.96
-    batch: Annotated[int, Field(ge=1)] = 10
-    max_items: Annotated[int, Field(ge=1)] | None = None
-    threshold: Literal["best", "front"] = "best"
-    recalibrate_every: Annotated[int, Field(ge=1)] | None = None
-
-    @model_validator(mode="after")
-    def _names(self) -> FitnessSettings:
-        from evomerge.fitness.anchors import ANCHORS
-        from evomerge.fitness.estimators import ESTIMATORS
-
-        if self.estimator != "full" and self.estimator not in ESTIMATORS:
-            raise FieldIssue("estimator", f"one of full, {', '.join(ESTIMATORS.names())}", self.estimator)
-        if self.anchors not in ANCHORS:
-            raise FieldIssue("anchors", f"one of {', '.join(ANCHORS.names())}", self.anchors)
-        if self.estimator != "full" and self.bank is None:
-            raise FieldIssue("bank", f"an item bank name for estimator '{self.estimator}'")
-        return self
-
-
-class Resources(Strict):
-    workers: Annotated[int, Field(ge=1)] = 1
-    gpus_per_worker: Annotated[float, Field(ge=0)] = 0
-    cpus_per_worker: Annotated[float, Field(gt=0)] = 1
-    timeout_s: Annotated[float, Field(gt=0)] | None = None
-    max_retries: Annotated[int, Field(ge=0)] = 1
-
-
 class SearchSpace(Strict):
     name: Annotated[str, Field(min_length=1)]
     seed: Seed = 0
@@ -242,6 +187,21 @@ class SearchSpace(Strict):
         if missing:
             raise KeyError(f"evaluator reported no metric {', '.join(missing)}")
         return [float(metrics[o.key]) for o in self.objectives]
+
+    @field_validator("fitness")
+    @classmethod
+    def _fitness_names(cls, fitness: FitnessSettings) -> FitnessSettings:
+        """The estimator and anchors must be registered; an estimator needs a bank."""
+        from evomerge.fitness.anchors import ANCHORS
+        from evomerge.fitness.estimators import ESTIMATORS
+
+        if fitness.estimator != "full" and fitness.estimator not in ESTIMATORS:
+            raise FieldIssue("estimator", f"one of full, {', '.join(ESTIMATORS.names())}", fitness.estimator)
+        if fitness.anchors not in ANCHORS:
+            raise FieldIssue("anchors", f"one of {', '.join(ANCHORS.names())}", fitness.anchors)
+        if fitness.estimator != "full" and fitness.bank is None:
+            raise FieldIssue("bank", f"an item bank name for estimator '{fitness.estimator}'")
+        return fitness
 
     @model_validator(mode="after")
     def _cross_references(self, info: ValidationInfo) -> SearchSpace:

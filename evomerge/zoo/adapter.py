@@ -209,20 +209,15 @@ class HFAdapter(TorchAdapter):
     def from_pretrained(
         cls,
         path: str | Path,
-        auto_class: str = "AutoModel",
+        auto_class: str | None = None,
         layer_names: list[str] | None = None,
         example: Any = None,
     ) -> HFAdapter:
-        import transformers
+        """The model of a local directory, loaded by ``auto_class`` (default: the class its
+        ``config.json`` names, head included; see :class:`~evomerge.sources.hf.HFSource`)."""
+        from evomerge.sources.hf import HFSource
 
-        path = Path(path)
-        if not (path / "config.json").exists():
-            raise UserError(f"{path}: not a Hugging Face model directory (no config.json)")
-        loader = getattr(transformers, auto_class, None)
-        if loader is None:
-            raise UserError(f"unknown transformers auto class '{auto_class}'")
-        model = loader.from_pretrained(str(path), local_files_only=True)
-        model.eval()
+        model = HFSource.open(path=path).load_model(auto_class=auto_class)
         return cls.from_model(model, layer_names, example)
 
     @classmethod

@@ -158,22 +158,27 @@ class Zoo:
 
     def record(self, model_id: str) -> dict[str, Any]:
         """The model's row: id, architecture, dataset, condition, params, val/test accuracy, sha256."""
-        path = self._path(model_id).with_suffix(".json")
-        if not path.exists():
-            self.build(workers=1, ids=[model_id])
-        return json.loads(path.read_text())
+        self.ensure_built(model_id)
+        return json.loads(self._path(model_id).with_suffix(".json").read_text())
 
     def weights_path(self, model_id: str) -> Path:
         return self._path(model_id).with_suffix(".safetensors")
 
+    def ensure_built(self, model_id: str) -> None:
+        """Train the model (and its base) now unless it is cached."""
+        if not self.is_built(model_id):
+            self.build(workers=1, ids=[model_id])
+
+    def load(self, model_id: str) -> LayeredNet:
+        """A fresh copy of the trained model (trained first if missing), in eval mode with gradients off."""
+        spec = self.spec(model_id)
+        self.ensure_built(model_id)
+        net = new_net(spec, 0)
+        net.load_state_dict(load_file(str(self.weights_path(model_id))))
+        return net.eval().requires_grad_(False)
+
     def adapter(self, model_id: str) -> LayeredAdapter:
         """The trained model, loaded once per Zoo object, in eval mode with gradients off."""
         if model_id not in self._adapters:
-            spec = self.spec(model_id)
-            if not self.is_built(model_id):
-                self.build(workers=1, ids=[model_id])
-            net = new_net(spec, 0)
-            net.load_state_dict(load_file(str(self.weights_path(model_id))))
-            net.eval().requires_grad_(False)
-            self._adapters[model_id] = LayeredAdapter(net)
+            self._adapters[model_id] = LayeredAdapter(self.load(model_id))
         return self._adapters[model_id]
