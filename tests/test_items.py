@@ -276,7 +276,8 @@ def test_text_classification_equals_one_by_one(tmp_path):
 def test_multiple_choice_loglikelihoods_equal_unbatched_sums(tmp_path):
     model, tok, items = _multiple_choice_case(tmp_path)
     result = make_scorer(items).score(model, items, tokenizer=tok, batch_size=5)
-    for item, lls in zip(items, result.outputs):
+    for item, out in zip(items, result.outputs):
+        lls = out.loglikelihoods
         ctx = tok.encode(item.fields["context"])
         for choice, ll in zip(item.fields["choices"], lls):
             whole = tok.encode(item.fields["context"] + " " + choice)

@@ -115,7 +115,7 @@ def agreement(tmp_path_factory):
     # targets: the model's own continuation for some items (in another case, with punctuation), others wrong
     write_jsonl(tmp / "gen.jsonl", [{"prompt": p, "target": "?"} for p in prompts])
     draft = load_items(tmp / "gen.jsonl", GEN)
-    raw = make_scorer(draft).score(model, draft, tokenizer=tok, batch_size=5).outputs
+    raw = [o.text for o in make_scorer(draft).score(model, draft, tokenizer=tok, batch_size=5).outputs]
     variants = [lambda s: s, lambda s: s.upper() + "!", lambda s: "wrong", lambda s: s[:-1] if len(s) > 1 else "zz"]
     write_jsonl(tmp / "gen.jsonl", [{"prompt": p, "target": variants[i % 4](r)} for i, (p, r) in enumerate(zip(prompts, raw))])
     first = [w[0] if (w := __import__("re").findall("[a-z]+", r)) else "[none]" for r in raw]
@@ -135,7 +135,7 @@ def agreement(tmp_path_factory):
     for name, path, fmt in (("evm_mc", "mc.jsonl", MC), ("evm_gen", "gen.jsonl", GEN), ("evm_gen_re", "gen_re.jsonl", GEN_RE)):
         items = load_items(tmp / path, fmt)
         ours[name] = (items, make_scorer(items).score(model, items, tokenizer=tok, batch_size=8))
-    return {name: (items, result, samples(tmp / "out", name)) for name, (items, result) in ours.items()}
+    return {name: (items, result, samples(tmp / "out", name)) for name, (items, result) in ours.items()} | {"out": tmp / "out"}
 
 
 def test_multiple_choice_acc_and_acc_norm_equal_lm_evals(agreement):
@@ -147,15 +147,17 @@ def test_multiple_choice_acc_and_acc_norm_equal_lm_evals(agreement):
         assert np.array_equal(result.correct[metric], theirs), metric
         assert 0 < theirs.sum() < len(theirs)  # both answers occur
     assert not np.array_equal(result.correct["acc"], result.correct["acc_norm"])  # the length normalisation matters
-    for r, lls in zip(logged, result.outputs):
-        np.testing.assert_allclose(lls, [float(x[0]) for x in r["filtered_resps"]], rtol=0, atol=1e-5)
+    for r, out in zip(logged, result.outputs):
+        np.testing.assert_allclose(out.loglikelihoods, [float(x[0]) for x in r["filtered_resps"]], rtol=0, atol=1e-5)
+        assert [str(g) for g in out.greedy] == [x[1] for x in r["filtered_resps"]]
 
 
 @pytest.mark.parametrize("task", ["evm_gen", "evm_gen_re"])
 def test_generation_exact_match_equals_lm_evals(agreement, task):
     items, result, logged = agreement[task]
     assert [r["doc_hash"] for r in logged] == list(items.ids)
-    assert list(result.outputs) == [r["filtered_resps"][0] for r in logged]
+    assert [o.filtered for o in result.outputs] == [r["filtered_resps"][0] for r in logged]
+    assert [o.text for o in result.outputs] == [r["resps"][0][0] for r in logged]
     theirs = np.array([r["exact_match"] == 1.0 for r in logged])
     assert np.array_equal(result.correct["exact_match"], theirs)
     assert 0 < theirs.sum() < len(theirs)
@@ -174,11 +176,45 @@ def test_loglikelihoods_equal_hflm_in_process_with_truncation():
     rng = random.Random(1)
     requests = [("".join(rng.choice("abc de") for _ in range(rng.randint(0, 30))), " " + rng.choice(WORDS)) for _ in range(40)]
     lm = HFLM(pretrained=model, tokenizer=tok, batch_size=4, device="cpu")
-    theirs = [ll for ll, _ in lm.loglikelihood([Instance("loglikelihood", {}, r, i) for i, r in enumerate(requests)], disable_tqdm=True)]
+    theirs = lm.loglikelihood([Instance("loglikelihood", {}, r, i) for i, r in enumerate(requests)], disable_tqdm=True)
     ours = CausalLM(model, tok, "cpu")
     assert any(len(c) + len(t) > 25 for c, t in (ours.encode_pair(*r) for r in requests))
-    np.testing.assert_allclose(loglikelihoods(ours, requests, 8), theirs, rtol=0, atol=1e-5)
+    def agree(got, expected):  # log-likelihoods to 1e-5, is_greedy exactly
+        np.testing.assert_allclose([ll for ll, _ in got], [ll for ll, _ in expected], rtol=0, atol=1e-5)
+        assert [g for _, g in got] == [bool(g) for _, g in expected]
+
+    agree(loglikelihoods(ours, requests, 8), theirs)
     short = [r for r in requests if sum(map(len, ours.encode_pair(*r))) <= 25]
     short_theirs = [t for r, t in zip(requests, theirs) if r in short]
-    np.testing.assert_allclose(loglikelihoods(ours, short, 8, share_context=True), short_theirs, rtol=0, atol=1e-5)
-    np.testing.assert_allclose(loglikelihoods(ours, short, 3, share_context=False), short_theirs, rtol=0, atol=1e-5)
+    agree(loglikelihoods(ours, short, 8, share_context=True), short_theirs)
+    agree(loglikelihoods(ours, short, 3, share_context=False), short_theirs)
+
+
+@pytest.mark.parametrize("task", ["evm_mc", "evm_gen", "evm_gen_re"])
+def test_written_sample_logs_are_lm_evals_line_for_line(agreement, task, tmp_path):
+    """evomerge's --log-samples writer gives lm-eval's lines (log-likelihoods to 1e-5; the regex
+    filter's name aside, which lm-eval takes from the task YAML), and the lm-eval reader reads both
+    folders into the same response matrix."""
+    from evomerge.fitness.readers import ReadOptions, read_matrix
+    from evomerge.items.sample_log import write_sample_log
+
+    items, result, logged = agreement[task]
+    samples_file, _ = write_sample_log(tmp_path, "tiny/llama", task, items, result, version="test")
+    ours = [json.loads(line) for line in samples_file.read_text().splitlines()]
+    assert samples_file.parent.name == "tiny__llama" and len(ours) == len(logged)
+    exact = ["doc_id", "doc", "target", "arguments", "metrics", "doc_hash", "prompt_hash", "target_hash",
+             *result.correct]
+    for mine, theirs in zip(ours, logged):
+        assert {k: mine[k] for k in exact} == {k: theirs[k] for k in exact}
+        assert set(mine) == set(theirs)
+        if task == "evm_mc":
+            np.testing.assert_allclose([float(x[0]) for x in mine["filtered_resps"]],
+                                       [float(x[0]) for x in theirs["filtered_resps"]], rtol=0, atol=1e-5)
+            assert [x[1] for x in mine["filtered_resps"]] == [x[1] for x in theirs["filtered_resps"]]
+        else:
+            assert (mine["resps"], mine["filtered_resps"]) == (theirs["resps"], theirs["filtered_resps"])
+    flt = {"evm_gen_re": "first_word"}.get(task)
+    a = read_matrix("lm-eval", [tmp_path], ReadOptions(task=task, filter=flt and "regex"))
+    b = read_matrix("lm-eval", [agreement["out"]], ReadOptions(task=task, filter=flt))
+    assert a.item_ids == b.item_ids == list(items.ids)
+    np.testing.assert_array_equal(a.values, b.values)

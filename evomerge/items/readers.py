@@ -229,15 +229,16 @@ def load_items(
     if not 0.0 <= val_fraction <= 1.0:
         raise ConfigError(str(path), "val_fraction", "a fraction in [0, 1]", val_fraction)
     convert = _CONVERT[fmt.type]
-    ids, declared, fields, wheres = [], [], [], []
+    ids, declared, fields, wheres, docs = [], [], [], [], []
     for where, rec in reader_for(path, reader).records(path):
         fields.append(convert(fmt, rec, where))
         given = rec.get(fmt.id)
         ids.append(str(given) if given not in (None, "") else doc_hash(rec))
         declared.append(split_name(rec.get(fmt.split), where, fmt.split))
         wheres.append(where)
+        docs.append(rec)
     if not ids:
         raise ConfigError(str(path), "<file>", "at least one item")
     splits = assign_splits(ids, declared, seed, val_fraction)
-    items = tuple(Item(i, s, f, w) for i, s, f, w in zip(ids, splits, fields, wheres))
+    items = tuple(Item(*row) for row in zip(ids, splits, fields, wheres, docs))
     return ItemSet(name or path.stem, fmt, items)

@@ -165,12 +165,14 @@ def doc_hash(doc: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class Item:
-    """One item: stable ``id``, ``split``, the fields its scorer reads, and where it came from."""
+    """One item: stable ``id``, ``split``, the fields its scorer reads, where it came from, and the
+    record as the file gave it (``doc``, what lm-eval's sample logs carry)."""
 
     id: str
     split: str
     fields: Mapping[str, Any]
     where: str = ""
+    doc: Mapping[str, Any] | None = None
 
 
 def prompt_hash(item: Item) -> str | None:

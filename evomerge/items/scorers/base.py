@@ -22,7 +22,8 @@ class ScoreResult:
 
     ``correct``: metric name -> bool array (the 0/1 answers); ``scores``: name -> float array
     (continuous scores, where the kind has one); ``outputs``: per item, what the model produced
-    (the choices' log-likelihoods, the filtered generation, the predicted class).
+    (a ``Choices`` of log-likelihoods and greediness, a ``Generated`` text and its filtered form, the
+    predicted class).
     """
 
     ids: tuple[str, ...]

@@ -7,13 +7,15 @@ tokens; the continuation is decoded without special tokens and cut at the first 
 (``lm_eval/filters/extraction.py``) and ``exact_match`` with its options
 (``lm_eval/api/metrics.py``: ``regexes_to_ignore``, ``ignore_case``, ``ignore_punctuation``,
 ``ignore_numbers``, applied with the same numpy string operations); with several targets the item
-is correct when any target matches.
+is correct when any target matches. Each item's output is a :class:`Generated`: the continuation and
+what the filter made of it.
 """
 
 from __future__ import annotations
 
 import re
 import string
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,14 @@ from evomerge.errors import UserError
 from evomerge.items.records import Item, Normalize, RegexFilter
 from evomerge.items.scorers.base import ScoreResult, Scorer, batches, register
 from evomerge.items.scorers.lm import CausalLM
+
+
+@dataclass(frozen=True)
+class Generated:
+    """A generation item's output: the continuation (cut at the stop string) and the filtered response."""
+
+    text: str
+    filtered: str
 
 
 def regex_filter(text: str, spec: RegexFilter) -> str:
@@ -126,4 +136,5 @@ class GenerationScorer(Scorer):
         fmt = self.format
         filtered = [regex_filter(r, fmt.filter) if fmt.filter is not None else r for r in raw]
         correct = [exact_match(f, i.fields["targets"], fmt.normalize) for f, i in zip(filtered, items)]
-        return ScoreResult(tuple(i.id for i in items), {"exact_match": np.array(correct, dtype=bool)}, {}, tuple(filtered))
+        return ScoreResult(tuple(i.id for i in items), {"exact_match": np.array(correct, dtype=bool)}, {},
+                           tuple(Generated(r, f) for r, f in zip(raw, filtered)))

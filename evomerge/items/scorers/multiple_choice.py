@@ -6,7 +6,9 @@ in :meth:`CausalLM.encode_pair`, the input cut from the left to the model's maxi
 ``acc``: ``argmax`` of the log-likelihoods is the gold index; ``acc_norm``: ``argmax`` of each
 log-likelihood divided by ``len(choice)`` in characters, the choice without the delimiter
 (``ConfigurableTask.process_results``); ``numpy.argmax`` keeps the first of equal values.
-The continuous score ``prob_gold`` is the gold choice's share of ``softmax(lls)``.
+The continuous score ``prob_gold`` is the gold choice's share of ``softmax(lls)``. Each item's output
+is a :class:`Choices`: the log-likelihoods and, as lm-eval logs them, whether each continuation is the
+greedy one (every token the argmax of its position's logits).
 
 Unlike ``HFLM`` (every request run whole, right padding, logits at every position): each distinct
 context runs once (left padding, the attention mask and the unpadded position ids) and its choices run
@@ -17,6 +19,7 @@ and inputs that must be cut to the model's length, run whole per request.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,9 +32,24 @@ from evomerge.items.scorers.base import ScoreResult, Scorer, batches, register
 from evomerge.items.scorers.lm import CausalLM
 
 
+@dataclass(frozen=True)
+class Choices:
+    """A multiple-choice item's output: per choice, its log-likelihood and whether it is greedy."""
+
+    loglikelihoods: tuple[float, ...]
+    greedy: tuple[bool, ...]
+
+
+def _scored(logp: torch.Tensor, cont: Sequence[int]) -> tuple[float, bool]:
+    """``(Σ log p(token), every token the argmax)`` of a continuation from its positions' log-probabilities."""
+    tokens = torch.tensor(cont, device=logp.device)
+    return float(logp.gather(-1, tokens.unsqueeze(-1)).sum()), bool((logp.argmax(-1) == tokens).all())
+
+
 @torch.inference_mode()
-def loglikelihoods(lm: CausalLM, requests: Sequence[tuple[str, str]], batch_size: int, share_context: bool = True) -> list[float]:
-    """Log-likelihood of each ``(context, continuation)`` request, as ``HFLM.loglikelihood`` gives it.
+def loglikelihoods(lm: CausalLM, requests: Sequence[tuple[str, str]], batch_size: int,
+                   share_context: bool = True) -> list[tuple[float, bool]]:
+    """``(log-likelihood, is_greedy)`` of each ``(context, continuation)`` request, as ``HFLM.loglikelihood`` gives them.
 
     ``share_context`` (where the model keeps a key/value cache and no input needs truncating): each
     distinct context runs once and its continuations run on its cache; ``batch_size`` bounds the
@@ -44,24 +62,23 @@ def loglikelihoods(lm: CausalLM, requests: Sequence[tuple[str, str]], batch_size
     keys = [(tuple((c + t)[-(lm.max_length + 1) :][:-1]), tuple(t)) for c, t in pairs]
     unique = list(dict.fromkeys(keys))
     order = sorted(range(len(unique)), key=lambda i: (-len(unique[i][0]), unique[i][0]))
-    value: dict[tuple[tuple[int, ...], tuple[int, ...]], float] = {}
+    value: dict[tuple[tuple[int, ...], tuple[int, ...]], tuple[float, bool]] = {}
     for batch in batches(order, batch_size):
         rows = [list(unique[i][0]) for i in batch]
         keep = max(len(unique[i][1]) for i in batch)
         logp = F.log_softmax(lm.last_logits(rows, keep), dim=-1)
         for row, i in enumerate(batch):
             cont = unique[i][1]
-            picked = logp[row, keep - len(cont) :].gather(-1, torch.tensor(cont, device=logp.device).unsqueeze(-1))
-            value[unique[i]] = float(picked.sum())
+            value[unique[i]] = _scored(logp[row, keep - len(cont) :], cont)
     return [value[k] for k in keys]
 
 
-def _shared_context(lm: CausalLM, pairs: list[tuple[list[int], list[int]]], batch_size: int) -> list[float]:
+def _shared_context(lm: CausalLM, pairs: list[tuple[list[int], list[int]]], batch_size: int) -> list[tuple[float, bool]]:
     groups: dict[tuple[int, ...], dict[tuple[int, ...], None]] = {}
     for ctx, cont in pairs:
         groups.setdefault(tuple(ctx), {})[tuple(cont)] = None
     contexts = sorted(groups, key=lambda c: (-len(c), c))
-    value: dict[tuple[tuple[int, ...], tuple[int, ...]], float] = {}
+    value: dict[tuple[tuple[int, ...], tuple[int, ...]], tuple[float, bool]] = {}
     start = 0
     while start < len(contexts):
         stop, rows = start, 0
@@ -75,11 +92,10 @@ def _shared_context(lm: CausalLM, pairs: list[tuple[list[int], list[int]]], batc
         first = F.log_softmax(last, dim=-1)
         rest = F.log_softmax(rest, dim=-1) if rest is not None else None
         for r, (b, cont) in enumerate(zip(index, conts)):
-            head = first[b, cont[0]].reshape(1)
+            logp = first[b : b + 1]
             if len(cont) > 1:
-                tail = rest[r, : len(cont) - 1].gather(-1, torch.tensor(cont[1:], device=rest.device).unsqueeze(-1)).squeeze(-1)
-                head = torch.cat([head, tail])
-            value[(batch[b], tuple(cont))] = float(head.sum())
+                logp = torch.cat([logp, rest[r, : len(cont) - 1]])
+            value[(batch[b], tuple(cont))] = _scored(logp, cont)
         start = stop
     return [value[(tuple(c), tuple(t))] for c, t in pairs]
 
@@ -98,14 +114,15 @@ class MultipleChoiceScorer(Scorer):
         start = 0
         for item in items:
             choices, gold = item.fields["choices"], item.fields["gold"]
-            lls = np.array(flat[start : start + len(choices)], dtype=np.float64)
+            scored = flat[start : start + len(choices)]
+            lls = np.array([ll for ll, _ in scored], dtype=np.float64)
             start += len(choices)
             lengths = np.array([float(len(c)) for c in choices])
             acc.append(int(np.argmax(lls)) == gold)
             acc_norm.append(int(np.argmax(lls / lengths)) == gold)
             e = np.exp(lls - lls.max())
             prob.append(float(e[gold] / e.sum()))
-            outputs.append(tuple(float(v) for v in lls))
+            outputs.append(Choices(tuple(float(v) for v in lls), tuple(g for _, g in scored)))
         return ScoreResult(
             tuple(i.id for i in items),
             {"acc": np.array(acc, dtype=bool), "acc_norm": np.array(acc_norm, dtype=bool)},
