@@ -25,31 +25,23 @@ Density = Annotated[float, Field(gt=0.0, le=1.0)]
 def magnitude_mask(delta: torch.Tensor, density: float, rounding: str = "ceil") -> torch.Tensor | None:
     """Boolean mask of ``delta``'s ``k`` largest-magnitude entries (None when all are kept).
 
-    ``k = ceil(density * numel)`` (``rounding="ceil"``, evomerge's recipes; the top ``k`` by
-    ``topk``) or ``k = max(1, floor(density * numel))`` (``"floor"``, mergekit's
-    ``sparsify.magnitude``). With ``"floor"`` the cut is the ``k``-th largest magnitude ``c``
-    (a selection in linear time, :func:`kth_smallest_`, where mergekit sorts): every entry above ``c`` is kept, and of those
-    equal to ``c`` the lowest-indexed ones until ``k`` are kept. The set is mergekit's whenever no
-    tie straddles the cut; at such a tie mergekit keeps whichever entries its (unstable) ``argsort``
-    puts first, which no rule reproduces.
+    ``k = ceil(density * numel)`` (``rounding="ceil"``, evomerge's recipes) or
+    ``k = max(1, floor(density * numel))`` (``"floor"``, mergekit's ``sparsify.magnitude``). The cut
+    is the ``k``-th largest magnitude ``c`` (a selection in linear time, :func:`kth_smallest_`, where
+    mergekit sorts): every entry above ``c`` is kept, and of those equal to ``c`` the lowest-indexed
+    ones until ``k`` are kept. The set is mergekit's whenever no tie straddles the cut; at such a tie
+    mergekit keeps whichever entries its (unstable) ``argsort`` puts first, which no rule reproduces.
     """
     n = delta.numel()
-    flat = delta.reshape(-1)
-    if rounding == "floor":
-        if density >= 1:
-            return None
-        k = max(1, int(density * n))
-        cut = kth_smallest_(flat.abs(), n - k)
-        keep = flat.abs() > cut
-        need = k - int(keep.sum())
-        if need > 0:
-            keep[(flat.abs() == cut).nonzero().flatten()[:need]] = True
-        return keep.reshape(delta.shape)
-    k = min(n, max(1, math.ceil(round(density * n, 6))))
-    if k == n:
+    k = max(1, int(density * n)) if rounding == "floor" else min(n, max(1, math.ceil(round(density * n, 6))))
+    if k >= n:
         return None
-    keep = torch.zeros(n, dtype=torch.bool, device=delta.device)
-    keep[flat.abs().topk(k).indices] = True
+    magnitude = delta.reshape(-1).abs()
+    cut = kth_smallest_(magnitude.clone(), n - k)
+    keep = magnitude > cut
+    need = k - int(keep.sum())
+    if need > 0:
+        keep[(magnitude == cut).nonzero().flatten()[:need]] = True
     return keep.reshape(delta.shape)
 
 
