@@ -38,9 +38,10 @@ def magnitude_mask(delta: torch.Tensor, density: float, rounding: str = "ceil") 
         return None
     magnitude = delta.reshape(-1).abs()
     cut = kth_smallest_(magnitude.clone(), n - k)
-    keep = magnitude > cut
-    need = k - int(keep.sum())
-    if need > 0:
+    keep = magnitude >= cut
+    if int(torch.count_nonzero(keep)) > k:  # a tie straddles the cut
+        keep = magnitude > cut
+        need = k - int(torch.count_nonzero(keep))
         keep[(magnitude == cut).nonzero().flatten()[:need]] = True
     return keep.reshape(delta.shape)
 
@@ -76,8 +77,8 @@ def elect_sign(stack: torch.Tensor, tie: float = 0.0) -> torch.Tensor:
 
 def disjoint_mean(stack: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
     """Mean over tasks of the non-zero entries that agree with ``sign`` (0 where none do)."""
-    agree = (torch.sign(stack) == sign) & (stack != 0)
-    return (stack * agree).sum(dim=0) / agree.sum(dim=0).clamp(min=1)
+    agree = stack * sign > 0  # same non-zero sign: sign(x) == s and x != 0, in one pass
+    return (stack * agree).sum(dim=0) / agree.sum(dim=0, dtype=stack.dtype).clamp(min=1)
 
 
 def ties_combine(deltas: list[torch.Tensor]) -> torch.Tensor:
