@@ -156,6 +156,17 @@ def test_tsv_factors_cached_once_give_the_same_merge():
     assert torch.equal(m.merge_deltas(key, base[key], deltas, params, cached), m.merge_tensor(key, base[key], [f[key] for f in fts], params))
 
 
+def test_ties_with_cached_sorted_magnitudes_gives_the_same_merge():
+    base = make_base()
+    fts = make_finetuned(base, 3, scale=1.0)
+    m, key = MERGE_METHODS.get("ties"), "layers.fc.weight"
+    deltas = [f[key] - base[key] for f in fts]
+    cached = [m.factor(key, d) for d in deltas]
+    for density in (0.1, 0.37, 1.0):
+        params = m.parse({"density": density, "lam": 0.8})
+        assert torch.equal(m.merge_deltas(key, base[key], deltas, params, cached), m.merge_tensor(key, base[key], [f[key] for f in fts], params))
+
+
 def test_task_arithmetic_lambda_zero_returns_base():
     base = make_base()
     assert_sd_close(merge("task_arithmetic", base, make_finetuned(base, 3), {"lam": 0.0}), base, atol=0)

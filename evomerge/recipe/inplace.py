@@ -8,11 +8,13 @@ under ``torch.no_grad()``, ``param.copy_(theta)`` for every tensor the recipe me
 computed by the method's own per-tensor function (:meth:`~evomerge.core.merge.base.MergeMethod.merge_deltas`,
 the same numbers as the streaming merge of :mod:`evomerge.recipe.stream`). The base and every task
 vector are read once (lazily, tensor by tensor, then cached for the worker's life), and so are a
-method's per-task factors (TSV: each update's SVD, which every rank truncates). Every tensor a
+method's per-task factors (TSV: each update's SVD, which every rank truncates; TIES: each update's
+sorted magnitudes, off which every density's cut is read). Every tensor a
 candidate left merged and the next one does not merge is written back to the base, so a build
 never depends on the builds before it. Nothing is saved or reloaded; no module is created.
 
-Memory: the base and ``T`` task vectors in float32 (plus TSV's factors): for models that fit.
+Memory: the base and ``T`` task vectors in float32, plus as much again per task vector for TIES's or
+TSV's factors: for models that fit.
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ from evomerge.core.merge.base import MergeMethod, MergeParams, PerLayer, layer_v
 Density = Annotated[float, Field(gt=0.0, le=1.0)]
 
 
-def magnitude_mask(delta: torch.Tensor, density: float, rounding: str = "ceil") -> torch.Tensor | None:
+def magnitude_mask(delta: torch.Tensor, density: float, rounding: str = "ceil",
+                   sorted_magnitudes: torch.Tensor | None = None) -> torch.Tensor | None:  # fmt: skip
     """Boolean mask of ``delta``'s ``k`` largest-magnitude entries (None when all are kept).
 
     ``k = ceil(density * numel)`` (``rounding="ceil"``, evomerge's recipes) or
@@ -31,13 +32,15 @@ def magnitude_mask(delta: torch.Tensor, density: float, rounding: str = "ceil") 
     mergekit sorts): every entry above ``c`` is kept, and of those equal to ``c`` the lowest-indexed
     ones until ``k`` are kept. The set is mergekit's whenever no tie straddles the cut; at such a tie
     mergekit keeps whichever entries its (unstable) ``argsort`` puts first, which no rule reproduces.
+    ``sorted_magnitudes``: ``|delta|`` flattened and sorted ascending (:meth:`Ties.factor`), kept by a
+    caller that trims one update at many densities; ``c`` is then read off it, no selection.
     """
     n = delta.numel()
     k = max(1, int(density * n)) if rounding == "floor" else min(n, max(1, math.ceil(round(density * n, 6))))
     if k >= n:
         return None
     magnitude = delta.reshape(-1).abs()
-    cut = kth_smallest_(magnitude.clone(), n - k)
+    cut = float(sorted_magnitudes[n - k]) if sorted_magnitudes is not None else kth_smallest_(magnitude.clone(), n - k)
     keep = magnitude >= cut
     if int(torch.count_nonzero(keep)) > k:  # a tie straddles the cut
         keep = magnitude > cut
@@ -57,9 +60,10 @@ def kth_smallest_(x: torch.Tensor, i: int) -> float:
     return float(x.kthvalue(i + 1).values)
 
 
-def trim_by_magnitude(delta: torch.Tensor, density: float, rounding: str = "ceil") -> torch.Tensor:
+def trim_by_magnitude(delta: torch.Tensor, density: float, rounding: str = "ceil",
+                      sorted_magnitudes: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """``delta`` with all but its ``k`` largest-magnitude entries set to 0 (see :func:`magnitude_mask`)."""
-    keep = magnitude_mask(delta, density, rounding)
+    keep = magnitude_mask(delta, density, rounding, sorted_magnitudes)
     return delta.clone() if keep is None else delta * keep
 
 
@@ -98,6 +102,13 @@ class Ties(MergeMethod):
     Params = TiesParams
 
     def combine_key(self, key: str, deltas: list[torch.Tensor], params: TiesParams) -> torch.Tensor:
+        return self.combine_factored(key, deltas, [None] * len(deltas), params)
+
+    def factor(self, key: str, delta: torch.Tensor) -> torch.Tensor:
+        """``|delta|`` sorted ascending: the trim's cut at any density is read off it."""
+        return delta.reshape(-1).abs().sort().values
+
+    def combine_factored(self, key: str, deltas: list[torch.Tensor], factors: list[torch.Tensor | None], params: TiesParams) -> torch.Tensor:
         density = layer_value(params.density, key, "ties.density")
         lam = layer_value(params.lam, key, "ties.lam")
-        return lam * ties_combine([trim_by_magnitude(d, density) for d in deltas])
+        return lam * ties_combine([trim_by_magnitude(d, density, sorted_magnitudes=f) for d, f in zip(deltas, factors)])
