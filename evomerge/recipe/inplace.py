@@ -76,6 +76,7 @@ class InPlaceBuilder:
                 continue
             taus = [self._tau(m, name) for m in r.models]
             factors = [self._factor(method, m, name, tau) for m, tau in zip(r.models, taus)]
+            self._dirty.add(name)  # before the write: a build that fails midway is undone by the next
             target.copy_(method.merge_deltas(name, self._base_of(name), taus, params, factors))
             written.add(name)
         for name in self._dirty - written:
