@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from pydantic import TypeAdapter, ValidationError
 
-from evomerge.core.merge import MERGE_METHODS, KeyFilter
+from evomerge.core.merge import MERGE_METHODS, KeyFilter, MergeParams
 from evomerge.core.merge.dare import key_generator
 from evomerge.core.merge.generalized import generalized_task_arithmetic, linear
 from evomerge.errors import ConfigError, UserError
@@ -208,7 +208,7 @@ def plan_recipe(
     method: str,
     base: str | Path,
     finetuned: Sequence[str | Path],
-    params: Mapping[str, Any] | None = None,
+    params: Mapping[str, Any] | Callable[[str], MergeParams | None] | None = None,
     keys: KeyFilter | None = None,
     out_dtype: torch.dtype | None = None,
     compute_dtype: torch.dtype = torch.float32,
@@ -216,19 +216,22 @@ def plan_recipe(
 ) -> MergePlan:
     """``base + merge(tau_1..tau_T)`` by an evomerge method (task arithmetic, TIES, DARE, TSV-M...),
     one tensor at a time. Tensors that are not floating point or fail ``keys`` are copied from the base.
+    ``params`` is one set for every tensor, or a function giving each tensor's (a layer-wise recipe,
+    :meth:`~evomerge.recipe.layerwise.LayerwiseRecipe.resolver`; None copies that tensor from the base).
     """
     m = MERGE_METHODS.get(method)
     if not m.streams:
         raise UserError(f"merge method '{method}' needs a whole-model view and cannot stream")
     if not finetuned:
         raise UserError("merge needs at least one fine-tuned model, got none")
-    parsed = m.parse(params)
+    params_of = params if callable(params) else (lambda _, p=m.parse(params): p)
     paths = [Path(base), *map(Path, finetuned)]
     sources = [open_source(p, "base" if i == 0 else f"fine-tuned model {i - 1}") for i, p in enumerate(paths)]
     labels = [str(p) for p in paths]
     jobs = []
     for name, info in sources[0].infos.items():
-        if not info.dtype.is_floating_point or (keys is not None and not keys(name)):
+        parsed = params_of(name) if info.dtype.is_floating_point and (keys is None or keys(name)) else None
+        if parsed is None:
             jobs.append(TensorJob(name, [(0, name)], None, out_dtype, "copied from base"))
             continue
         for i, src in enumerate(sources[1:]):

@@ -91,7 +91,25 @@ class MergeMethod(ABC):
         same numbers as :meth:`__call__`) and the result. ``finetuned`` is iterated once, so a lazy
         iterable holds one fine-tuned tensor at a time beside the updates.
         """
-        return base + self.combine_key(key, [x - base for x in finetuned], params)
+        return self.merge_deltas(key, base, [x - base for x in finetuned], params)
+
+    def merge_deltas(self, key: str, base: torch.Tensor, deltas: list[torch.Tensor], params: MergeParams,
+                     factors: list[Any] | None = None) -> torch.Tensor:  # fmt: skip
+        """``base + combine_key(key, deltas)`` from the updates ``deltas`` themselves, so a caller
+        that keeps the task vectors (and their :meth:`factor` s, ``factors``) merges without
+        re-reading the fine-tunes. Neither ``deltas`` nor ``factors`` is changed."""
+        if factors is None:
+            return base + self.combine_key(key, deltas, params)
+        return base + self.combine_factored(key, deltas, factors, params)
+
+    def factor(self, key: str, delta: torch.Tensor) -> Any:
+        """Work on one task's update of ``key`` that no parameter changes, so a caller merging the
+        same sources many times can do it once and cache it (TSV: the SVD). None: nothing to cache."""
+        return None
+
+    def combine_factored(self, key: str, deltas: list[torch.Tensor], factors: list[Any], params: Any) -> torch.Tensor:
+        """:meth:`combine_key` given ``factors[t] = factor(key, deltas[t])``, the same numbers."""
+        return self.combine_key(key, deltas, params)
 
     @abstractmethod
     def combine_key(self, key: str, deltas: list[torch.Tensor], params: Any) -> torch.Tensor:

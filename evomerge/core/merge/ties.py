@@ -22,34 +22,30 @@ from evomerge.core.merge.base import MergeMethod, MergeParams, PerLayer, layer_v
 Density = Annotated[float, Field(gt=0.0, le=1.0)]
 
 
-def magnitude_mask(delta: torch.Tensor, density: float, rounding: str = "ceil") -> torch.Tensor | None:
+def magnitude_mask(delta: torch.Tensor, density: float, rounding: str = "ceil",
+                   sorted_magnitudes: torch.Tensor | None = None) -> torch.Tensor | None:  # fmt: skip
     """Boolean mask of ``delta``'s ``k`` largest-magnitude entries (None when all are kept).
 
-    ``k = ceil(density * numel)`` (``rounding="ceil"``, evomerge's recipes; the top ``k`` by
-    ``topk``) or ``k = max(1, floor(density * numel))`` (``"floor"``, mergekit's
-    ``sparsify.magnitude``). With ``"floor"`` the cut is the ``k``-th largest magnitude ``c``
-    (a selection in linear time, :func:`kth_smallest_`, where mergekit sorts): every entry above ``c`` is kept, and of those
-    equal to ``c`` the lowest-indexed ones until ``k`` are kept. The set is mergekit's whenever no
-    tie straddles the cut; at such a tie mergekit keeps whichever entries its (unstable) ``argsort``
-    puts first, which no rule reproduces.
+    ``k = ceil(density * numel)`` (``rounding="ceil"``, evomerge's recipes) or
+    ``k = max(1, floor(density * numel))`` (``"floor"``, mergekit's ``sparsify.magnitude``). The cut
+    is the ``k``-th largest magnitude ``c`` (a selection in linear time, :func:`kth_smallest_`, where
+    mergekit sorts): every entry above ``c`` is kept, and of those equal to ``c`` the lowest-indexed
+    ones until ``k`` are kept. The set is mergekit's whenever no tie straddles the cut; at such a tie
+    mergekit keeps whichever entries its (unstable) ``argsort`` puts first, which no rule reproduces.
+    ``sorted_magnitudes``: ``|delta|`` flattened and sorted ascending (:meth:`Ties.factor`), kept by a
+    caller that trims one update at many densities; ``c`` is then read off it, no selection.
     """
     n = delta.numel()
-    flat = delta.reshape(-1)
-    if rounding == "floor":
-        if density >= 1:
-            return None
-        k = max(1, int(density * n))
-        cut = kth_smallest_(flat.abs(), n - k)
-        keep = flat.abs() > cut
-        need = k - int(keep.sum())
-        if need > 0:
-            keep[(flat.abs() == cut).nonzero().flatten()[:need]] = True
-        return keep.reshape(delta.shape)
-    k = min(n, max(1, math.ceil(round(density * n, 6))))
-    if k == n:
+    k = max(1, int(density * n)) if rounding == "floor" else min(n, max(1, math.ceil(round(density * n, 6))))
+    if k >= n:
         return None
-    keep = torch.zeros(n, dtype=torch.bool, device=delta.device)
-    keep[flat.abs().topk(k).indices] = True
+    magnitude = delta.reshape(-1).abs()
+    cut = float(sorted_magnitudes[n - k]) if sorted_magnitudes is not None else kth_smallest_(magnitude.clone(), n - k)
+    keep = magnitude >= cut
+    if int(torch.count_nonzero(keep)) > k:  # a tie straddles the cut
+        keep = magnitude > cut
+        need = k - int(torch.count_nonzero(keep))
+        keep[(magnitude == cut).nonzero().flatten()[:need]] = True
     return keep.reshape(delta.shape)
 
 
@@ -64,9 +60,10 @@ def kth_smallest_(x: torch.Tensor, i: int) -> float:
     return float(x.kthvalue(i + 1).values)
 
 
-def trim_by_magnitude(delta: torch.Tensor, density: float, rounding: str = "ceil") -> torch.Tensor:
+def trim_by_magnitude(delta: torch.Tensor, density: float, rounding: str = "ceil",
+                      sorted_magnitudes: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """``delta`` with all but its ``k`` largest-magnitude entries set to 0 (see :func:`magnitude_mask`)."""
-    keep = magnitude_mask(delta, density, rounding)
+    keep = magnitude_mask(delta, density, rounding, sorted_magnitudes)
     return delta.clone() if keep is None else delta * keep
 
 
@@ -84,8 +81,8 @@ def elect_sign(stack: torch.Tensor, tie: float = 0.0) -> torch.Tensor:
 
 def disjoint_mean(stack: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
     """Mean over tasks of the non-zero entries that agree with ``sign`` (0 where none do)."""
-    agree = (torch.sign(stack) == sign) & (stack != 0)
-    return (stack * agree).sum(dim=0) / agree.sum(dim=0).clamp(min=1)
+    agree = stack * sign > 0  # same non-zero sign: sign(x) == s and x != 0, in one pass
+    return (stack * agree).sum(dim=0) / agree.sum(dim=0, dtype=stack.dtype).clamp(min=1)
 
 
 def ties_combine(deltas: list[torch.Tensor]) -> torch.Tensor:
@@ -105,6 +102,13 @@ class Ties(MergeMethod):
     Params = TiesParams
 
     def combine_key(self, key: str, deltas: list[torch.Tensor], params: TiesParams) -> torch.Tensor:
+        return self.combine_factored(key, deltas, [None] * len(deltas), params)
+
+    def factor(self, key: str, delta: torch.Tensor) -> torch.Tensor:
+        """``|delta|`` sorted ascending: the trim's cut at any density is read off it."""
+        return delta.reshape(-1).abs().sort().values
+
+    def combine_factored(self, key: str, deltas: list[torch.Tensor], factors: list[torch.Tensor | None], params: TiesParams) -> torch.Tensor:
         density = layer_value(params.density, key, "ties.density")
         lam = layer_value(params.lam, key, "ties.lam")
-        return lam * ties_combine([trim_by_magnitude(d, density) for d in deltas])
+        return lam * ties_combine([trim_by_magnitude(d, density, sorted_magnitudes=f) for d, f in zip(deltas, factors)])
