@@ -218,3 +218,48 @@ def test_written_sample_logs_are_lm_evals_line_for_line(agreement, task, tmp_pat
     b = read_matrix("lm-eval", [agreement["out"]], ReadOptions(task=task, filter=flt))
     assert a.item_ids == b.item_ids == list(items.ids)
     np.testing.assert_array_equal(a.values, b.values)
+
+
+def test_evaluate_scores_a_model_folder_on_an_item_file_and_logs_samples(agreement, tmp_path, capsys):
+    """``evomerge evaluate DIR --items FILE --format SPEC --log-samples OUT``: lm-eval's accuracies, and
+    logs the lm-eval reader reads into lm-eval's own response matrix."""
+    from evomerge.cli import main
+    from evomerge.fitness.readers import ReadOptions, read_matrix
+
+    root = agreement["out"].parent
+    code = main(["evaluate", str(root / "model"), "--items", str(root / "mc.jsonl"), "--format", json.dumps(MC),
+                 "--log-samples", str(tmp_path / "logs"), "--batch-size", "7"])
+    assert code == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    items, result, logged = agreement["evm_mc"]
+    assert (row["items"], row["split"]) == (len(items), "all")
+    for metric in ("acc", "acc_norm"):
+        assert row[metric] == pytest.approx(np.mean([r[metric] for r in logged]), abs=1e-12)
+    ours = read_matrix("lm-eval", [tmp_path / "logs"], ReadOptions(task="mc"))
+    theirs = read_matrix("lm-eval", [agreement["out"]], ReadOptions(task="evm_mc"))
+    assert ours.item_ids == theirs.item_ids
+    np.testing.assert_array_equal(ours.values, theirs.values)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--items", "{root}/mc.jsonl"], "--items needs --format"),
+    (["--log-samples", "{tmp}/x"], "--format and --log-samples go with --items"),
+    (["--items", "{root}/mc.jsonl", "--format", "{{type: multiple_choice, context: nope}}"], "mc.jsonl:1: field 'nope'"),
+    (["--items", "{root}/mc.jsonl", "--format", "{{type: ranking}}"], "format.type"),
+])
+def test_evaluate_items_bad_input_exits_2(agreement, tmp_path, capsys, args, message):
+    from evomerge.cli import main
+
+    root = agreement["out"].parent
+    argv = ["evaluate", str(root / "model"), *(a.format(root=root, tmp=tmp_path) for a in args)]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_evaluate_items_on_a_folder_without_config_exits_2(agreement, tmp_path, capsys):
+    from evomerge.cli import main
+
+    root = agreement["out"].parent
+    assert main(["evaluate", str(tmp_path), "--items", str(root / "mc.jsonl"), "--format", json.dumps(MC)]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path) in err and "config.json" in err

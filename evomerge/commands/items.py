@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,27 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _format_block(spec: str) -> tuple[object, str]:
-    import yaml
-
-    from evomerge.errors import ConfigError
-
-    path = Path(spec)
-    source = spec if path.is_file() else "--format"
-    try:
-        block = yaml.safe_load(path.read_text() if path.is_file() else spec)
-    except yaml.YAMLError as exc:
-        raise ConfigError(source, "<yaml>", f"valid YAML ({getattr(exc, 'problem', exc)})") from None
-    if isinstance(block, dict) and "format" in block and "type" not in block:
-        block = block["format"]
-    return block, source
-
-
 def run(args: argparse.Namespace) -> int:
     from evomerge.items import load_items
+    from evomerge.items.readers import format_block
     from evomerge.items.records import parse_format
 
-    block, source = _format_block(args.format_spec)
+    block, source = format_block(args.format_spec)
     fmt = parse_format(block, source)
     items = load_items(args.path, fmt, reader=args.reader, seed=args.seed, val_fraction=args.val_fraction)
     splits: dict[str, int] = {}

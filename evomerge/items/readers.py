@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from evomerge.errors import ConfigError, UserError
+from evomerge.errors import ConfigError, UserError, read_text
 from evomerge.items.records import (
     ClassificationFormat,
     GenerationFormat,
@@ -112,6 +112,22 @@ class ParquetReader(ItemReader):
             raise ConfigError(str(path), "<file>", f"a parquet file ({exc})") from None
         for i, record in enumerate(table.to_pylist(), 1):
             yield f"{path}:row {i}", record
+
+
+def format_block(spec: str) -> tuple[Any, str]:
+    """A ``--format`` argument: a YAML file holding the block (or a space-like file with a ``format``
+    key), or the block inline. Returns the block and the name errors should cite."""
+    import yaml
+
+    path = Path(spec)
+    source = spec if path.is_file() else "--format"
+    try:
+        block = yaml.safe_load(read_text(path, "a format block") if path.is_file() else spec)
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, "<yaml>", f"valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if isinstance(block, dict) and "format" in block and "type" not in block:
+        block = block["format"]
+    return block, source
 
 
 def reader_for(path: Path, name: str | None = None) -> ItemReader:
