@@ -3,15 +3,16 @@
 Built once per worker (in-process pool or Ray actor) and reused for every candidate, so source
 models, task items, aligner fit activations and the item bank are loaded or computed once.
 
-Fitness ``full`` answers every item of the split. An IRT estimator (``fitness.estimator`` with a
-``bank``, validation split, one task) runs the model on the chosen items only and estimates the
-accuracy through :class:`~evomerge.fitness.search_fitness.BankFitness` (anchors, adaptive items,
-full verification of a new best, periodic refits).
+Fitness ``full`` answers every item of the split. An IRT estimator (``fitness.estimator``,
+validation split, one bank per task: ``fitness.bank`` or ``tasks[].bank``) runs the model on the
+chosen items only and estimates each task's accuracy through
+:class:`~evomerge.fitness.search_fitness.BankFitness` (anchors, adaptive items, full verification
+of a new best, periodic refits); the tasks' estimates are combined by
+:func:`~evomerge.fitness.multitask.combine` (weighted mean, se (Σ w² se²)^½ / Σ w).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -24,10 +25,11 @@ from evomerge.data.tasks import TaskData, load_task
 from evomerge.distributed.pool import EvalResult, Known, TaskResponses
 from evomerge.errors import ConfigError, UserError
 from evomerge.evaluate import responses
-from evomerge.fitness.search_fitness import BankFitness, Scored
+from evomerge.fitness.multitask import TaskEstimate, combine
+from evomerge.fitness.search_fitness import PARENT_ESTIMATORS, BankFitness, Scored
 from evomerge.recipe.materialize import Materialized, materialize
 from evomerge.recipe.merged import weight_for
-from evomerge.recipe.schema import StitchRecipe, parse_recipe
+from evomerge.recipe.schema import StitchRecipe, model_refs, parse_recipe
 from evomerge.search.space import FitnessSettings, SearchSpace
 from evomerge.zoo.catalog import Zoo
 
@@ -47,14 +49,22 @@ def recipe_mixing(recipe: dict[str, Any], task_key: str) -> dict[str, float]:
     return {m: 1.0 for m in r.models}
 
 
+def recipe_parents(recipe: dict[str, Any]) -> list[str]:
+    """The source models a recipe merges (``mp-irt``'s parents): a stitch's trunk and branch models,
+    a weight merge's fine-tunes (its base is the reference, not a parent), each once."""
+    r = parse_recipe(recipe)
+    return list(dict.fromkeys(m for path, m in model_refs(r) if path != "base"))
+
+
 class RecipeEvaluator:
     """Scores recipes of one search space on one split (``val`` for the search, ``test`` at the end).
 
     Metrics: ``accuracy/<task name>``, ``accuracy/mean`` (weighted by the tasks' weights),
     ``params``, ``added_params`` (over the reference source), ``latency_ms`` (one batch of
-    ``LATENCY_BATCH`` items). With an IRT estimator also ``accuracy_stderr/<task>`` and
-    ``accuracy_stderr/mean`` (tasks independent), ``items/<task>`` (items answered) and
-    ``verified/<task>`` (1 when every item was answered, so the accuracy is exact).
+    ``LATENCY_BATCH`` items); with an IRT estimator also ``verified/<task>`` (1 when every item was
+    answered), which the driver's front hands back to the workers. Each task's estimate ± stderr
+    and the combined one are the typed :class:`~evomerge.fitness.multitask.TaskEstimate` records of
+    the result (``estimates``).
     """
 
     def __init__(self, space: SearchSpace, split: str = "val", estimator: str | None = None, device: str = "cpu"):
@@ -72,7 +82,7 @@ class RecipeEvaluator:
         for m in space.models:
             self.zoo.adapter(m)  # load every source once, now
         self.cache = ActivationCache()
-        if self.estimator == "mpirt":
+        if self.estimator == "mpirt" or self.estimator in PARENT_ESTIMATORS:
             for name, fit in self.fitness.items():
                 task = self.tasks[name]
                 fit.set_sources({m: responses(self.zoo.adapter(m).forward, task, device=device).numpy()
@@ -82,21 +92,28 @@ class RecipeEvaluator:
         if self.split != "val":
             raise UserError(f"estimator '{self.estimator}' estimates validation accuracy; split '{self.split}' "
                             "is always evaluated in full")
-        if len(self.tasks) != 1:
-            raise ConfigError(self.space.source, "fitness.bank", "a space with one task (a bank covers one task split)",
-                              f"{len(self.tasks)} tasks")
-        name, task = next(iter(self.tasks.items()))
-        return {name: BankFitness(settings, task.item_ids, seed=self.space.seed, source=self.space.source)}
+        banks = self.space.task_banks()
+        fits = {}
+        for i, (name, task) in enumerate(self.tasks.items()):
+            if banks[name] is None:
+                field = "fitness.bank" if len(self.tasks) == 1 else f"tasks[{i}].bank"
+                raise ConfigError(self.space.source, field, f"an item bank for task '{name}' (estimator "
+                                  f"'{self.estimator}', one bank per task)")
+            fits[name] = BankFitness(settings, task.item_ids, seed=self.space.seed, source=self.space.source,
+                                     bank=banks[name])
+        return fits
 
     def build(self, recipe: dict[str, Any]) -> Materialized:
         return materialize(recipe, self.zoo, self.cache)
 
     @torch.no_grad()
     def score(self, built: Materialized, recipe: dict[str, Any] | None = None
-              ) -> tuple[dict[str, float], list[TaskResponses]]:
-        """Accuracy per task (and weighted mean), sizes and latency of a built merged model.
+              ) -> tuple[dict[str, float], list[TaskResponses], list[TaskEstimate]]:
+        """Accuracy per task (and weighted mean), sizes and latency of a built merged model, the
+        answers, and each task's estimate with the combined one last.
 
-        In IRT mode the accuracies are estimates; ``recipe`` gives ``mpirt`` its prior."""
+        In IRT mode the accuracies are estimates; ``recipe`` gives ``mpirt`` its prior and
+        ``mp-irt`` / ``gmp-irt`` its parents."""
         model = built.module.to(self.device)
         metrics: dict[str, float] = {"params": float(built.params), "added_params": float(built.added_params)}
         first = next(iter(self.tasks.values()))
@@ -106,28 +123,25 @@ class RecipeEvaluator:
         metrics["latency_ms"] = (time.perf_counter() - start) * 1000
         costs = self.costs(metrics)
         answered: list[TaskResponses] = []
+        estimates: list[TaskEstimate] = []
         for name, task in self.tasks.items():
             def run(x: torch.Tensor, key: str = task.key) -> torch.Tensor:
                 return model(x, key)
 
             if name in self.fitness:
                 scored = self._estimate(self.fitness[name], run, task, recipe, costs)
-                metrics[f"accuracy/{name}"] = scored.value
-                metrics[f"accuracy_stderr/{name}"] = scored.stderr
-                metrics[f"items/{name}"] = float(len(scored.items))
+                estimates.append(TaskEstimate(name, self.estimator, scored.value, scored.stderr,
+                                              len(scored.items), scored.verified))
                 metrics[f"verified/{name}"] = float(scored.verified)
                 answered.append(TaskResponses(task.key, self.split, scored.items.tolist(),
                                               scored.correct.astype(bool).tolist()))
             else:
                 correct = responses(run, task, device=self.device)
-                metrics[f"accuracy/{name}"] = correct.float().mean().item()
+                estimates.append(TaskEstimate(name, "full", correct.float().mean().item(), 0.0, len(task), True))
                 answered.append(TaskResponses(task.key, self.split, list(range(len(task))), correct.tolist()))
-        total = sum(self.weights.values())
-        metrics["accuracy/mean"] = sum(metrics[f"accuracy/{n}"] * w for n, w in self.weights.items()) / total
-        if self.fitness:
-            metrics["accuracy_stderr/mean"] = math.sqrt(sum(
-                (metrics.get(f"accuracy_stderr/{n}", 0.0) * w) ** 2 for n, w in self.weights.items())) / total
-        return metrics, answered
+        estimates.append(combine(estimates, self.weights))
+        metrics.update({f"accuracy/{e.task}": e.value for e in estimates})
+        return metrics, answered, estimates
 
     def _estimate(self, fitness: BankFitness, run: Any, task: TaskData, recipe: dict[str, Any] | None,
                   costs: np.ndarray) -> Scored:
@@ -135,12 +149,12 @@ class RecipeEvaluator:
             index = torch.as_tensor(np.asarray(items, dtype=np.int64))
             return responses(run, task, device=self.device, items=index).numpy()
 
-        prior = None
-        if fitness.settings.estimator == "mpirt":
-            if recipe is None:
-                raise UserError("estimator 'mpirt' needs the recipe: score(built, recipe)")
-            prior = fitness.prior(recipe_mixing(recipe, task.key))
-        return fitness.evaluate(answer, prior, costs)
+        estimator = fitness.settings.estimator
+        if recipe is None and (estimator == "mpirt" or estimator in PARENT_ESTIMATORS):
+            raise UserError(f"estimator '{estimator}' needs the recipe: score(built, recipe)")
+        prior = fitness.prior(recipe_mixing(recipe, task.key)) if estimator == "mpirt" else None
+        parents = fitness.parent_thetas(recipe_parents(recipe)) if estimator in PARENT_ESTIMATORS else None
+        return fitness.evaluate(answer, prior, costs, parents)
 
     def costs(self, metrics: Mapping[str, float]) -> np.ndarray:
         """The candidate's objectives other than accuracy, oriented so that smaller is better."""
@@ -153,5 +167,5 @@ class RecipeEvaluator:
         for name, fitness in self.fitness.items():
             if known:
                 fitness.share([(self.costs(m), m[f"accuracy/{name}"], bool(m.get(f"verified/{name}"))) for m in known])
-        metrics, answered = self.score(self.build(recipe), recipe)
-        return EvalResult(candidate_id, "ok", metrics, answered, time.perf_counter() - start)
+        metrics, answered, estimates = self.score(self.build(recipe), recipe)
+        return EvalResult(candidate_id, "ok", metrics, answered, time.perf_counter() - start, estimates=estimates)
