@@ -2,23 +2,19 @@
 mp-IRT / gmp-IRT estimators in the search: known answers on synthetic banks, an end-to-end
 multi-task search on the tiny zoo, and the validation errors."""
 
-import json
-
 import numpy as np
 import pytest
 import yaml
 
 from evomerge.cli import main
-from evomerge.commands import search as search_cmd
-from evomerge.distributed.pool import InProcessPool
 from evomerge.errors import ConfigError, UserError
 from evomerge.fitness.anchors import ANCHORS
 from evomerge.fitness.estimators import ESTIMATORS
 from evomerge.fitness.multitask import TaskEstimate, combine
 from evomerge.fitness.irt.simulate import simulate_2pl
 from evomerge.recipe.evaluator import RecipeEvaluator, recipe_parents
-from evomerge.search.runner import run_search
 from evomerge.search.space import parse_space
+from tests.test_irt_search import records, search
 
 BUDGET = 10
 TASKS = {"lo": "classes_0_4", "hi": "classes_5_9"}
@@ -43,20 +39,6 @@ def multi_space(fitness=None, banks=None):
         "engine": {"name": "random"}, "budget": {"evaluations": BUDGET},
         "fitness": fitness or {"estimator": "full"},
     }
-
-
-def search(space_data, run_dir, monkeypatch, tiny_zoo):
-    monkeypatch.setattr("evomerge.recipe.evaluator.Zoo", lambda seed: tiny_zoo)
-    space = parse_space(space_data)
-    ev = RecipeEvaluator(space)
-    _, final_eval, item_ids = search_cmd.recipe_evaluation(space)
-    summary = run_search(space, InProcessPool(lambda: ev), run_dir, final_eval=final_eval, item_ids=item_ids,
-                         progress=False)
-    return summary, ev
-
-
-def records(run_dir):
-    return [json.loads(line) for line in (run_dir / "evaluations.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
