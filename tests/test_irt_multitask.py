@@ -13,6 +13,7 @@ from evomerge.fitness.estimators import ESTIMATORS
 from evomerge.fitness.multitask import TaskEstimate, combine
 from evomerge.fitness.irt.simulate import simulate_2pl
 from evomerge.recipe.evaluator import RecipeEvaluator, recipe_parents
+from evomerge.search.report import write_report
 from evomerge.search.space import parse_space
 from tests.test_irt_search import records, search
 
@@ -117,7 +118,12 @@ def test_multitask_irt_search_runs_end_to_end(banks, tmp_path, monkeypatch, tiny
             else:
                 assert est[name]["items"] >= 20 and est[name]["stderr"] > 0
     assert summary["item_evaluations"] < sum(len(ev.tasks[n]) for n in TASKS) * BUDGET
-    assert "estimates" in summary["best"]
+    best = summary["best"]  # verified on every task: exact on the objective it is ranked by
+    assert [e["task"] for e in best["estimates"]] == ["lo", "hi", "mean"] and best["estimates"][-1]["verified"]
+    assert best["objectives"]["accuracy"] == pytest.approx(full[best["id"]]["accuracy/mean"], abs=1e-6)
+    if estimator == "pirt":  # the report shows each task's estimate of the best
+        report = write_report(tmp_path / "irt").read_text()
+        assert all(f"| {task} | pirt |" in report for task in ("lo", "hi", "mean"))
 
 
 def test_single_task_form_and_per_task_field_agree(banks, monkeypatch, tiny_zoo):

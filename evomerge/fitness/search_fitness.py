@@ -198,6 +198,21 @@ class BankFitness:
             self.refit()
         return Scored(value, stderr, items, correct, verified)
 
+    def complete(self, answer: Answer, scored: Scored) -> Scored:
+        """Answer every item the last evaluation (``scored``) left out: its exact accuracy, which may
+        raise the incumbent; the run's answers and the front's point for it are replaced (a refit
+        already made at that evaluation keeps the partial row, missing by design)."""
+        rest = np.setdiff1d(np.arange(self.n), scored.items)
+        items = np.concatenate([scored.items, rest])
+        correct = np.concatenate([scored.correct, np.asarray(answer(rest), dtype=float)])
+        value = float(correct.mean())
+        self.incumbent = value if self.incumbent is None else max(self.incumbent, value)
+        if self.settings.recalibrate_every:
+            self.rows[-1] = (items, correct)
+        if self.evaluated:
+            self.evaluated[-1] = (self.evaluated[-1][0], value)
+        return Scored(value, 0.0, items, correct, True)
+
     def refit(self) -> None:
         """Refit on the source runs' matrix plus this run's answers; follow with anchors and abilities."""
         assert self.history is not None, "refit needs fitness.recalibrate_every (the source matrix)"
