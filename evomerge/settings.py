@@ -29,7 +29,8 @@ class FitnessSettings(Strict):
     """How candidates are scored: on every item (``full``) or estimated from an item bank.
 
     ``estimator`` and ``anchors`` name entries of :mod:`evomerge.fitness`'s registries (a space file
-    checks the names where it is validated); ``items`` anchor items per task; ``adaptive`` adds the
+    checks the names where it is validated); ``bank`` the item bank of a single-task space (several
+    tasks: ``tasks[].bank``, one per task); ``items`` anchor items per task; ``adaptive`` adds the
     most informative items in batches of ``batch`` until the estimate's ``z``-interval clears the
     threshold (at most ``max_items``): ``threshold: best`` is the incumbent (best verified accuracy),
     ``front`` the accuracy the candidate must beat to join the Pareto front given its other

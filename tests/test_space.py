@@ -84,8 +84,8 @@ def test_decode_substitutes_genes_and_nulls_inactive_ones():
      "conditional genes"),
     (edited(objectives=two_objectives(), engine__name="deap_ga"), "engine.name", "an engine for 2 objectives"),
     (edited(budget__evaluations=0), "budget.evaluations", "greater than or equal to 1"),
-    (edited(fitness={"estimator": "pirt"}), "fitness.bank", "an item bank name"),
-    (edited(fitness={"estimator": "magic", "bank": "b"}), "fitness.estimator", "one of full, gpirt"),
+    (edited(fitness={"estimator": "pirt"}), "tasks[0].bank", "an item bank file for task"),
+    (edited(fitness={"estimator": "magic", "bank": "b"}), "fitness.estimator", "one of full, gmp-irt, gpirt"),
     (edited(resources={"workers": 0}), "resources.workers", "greater than or equal to 1"),
     (edited(constraints={"max_params": 3}), "constraints.max_params", "no such field"),
 ])

@@ -3,15 +3,16 @@
 Built once per worker (in-process pool or Ray actor) and reused for every candidate, so source
 models, task items, aligner fit activations and the item bank are loaded or computed once.
 
-Fitness ``full`` answers every item of the split. An IRT estimator (``fitness.estimator`` with a
-``bank``, validation split, one task) runs the model on the chosen items only and estimates the
-accuracy through :class:`~evomerge.fitness.search_fitness.BankFitness` (anchors, adaptive items,
-full verification of a new best, periodic refits).
+Fitness ``full`` answers every item of the split. An IRT estimator (``fitness.estimator``,
+validation split, one bank per task: ``fitness.bank`` or ``tasks[].bank``) runs the model on the
+chosen items only and estimates each task's accuracy through
+:class:`~evomerge.fitness.search_fitness.BankFitness` (anchors, adaptive items, full verification
+of a new best, periodic refits); the tasks' estimates are combined by
+:func:`~evomerge.fitness.multitask.combine` (weighted mean, se (Σ w² se²)^½ / Σ w).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -24,10 +25,11 @@ from evomerge.data.tasks import TaskData, load_task
 from evomerge.distributed.pool import EvalResult, Known, TaskResponses
 from evomerge.errors import ConfigError, UserError
 from evomerge.evaluate import responses
-from evomerge.fitness.search_fitness import BankFitness, Scored
+from evomerge.fitness.multitask import TaskEstimate, combine
+from evomerge.fitness.search_fitness import PARENT_ESTIMATORS, Answer, BankFitness, Scored
 from evomerge.recipe.materialize import Materialized, materialize
 from evomerge.recipe.merged import weight_for
-from evomerge.recipe.schema import StitchRecipe, parse_recipe
+from evomerge.recipe.schema import StitchRecipe, model_refs, parse_recipe
 from evomerge.settings import FitnessSettings, ZooSettings
 from evomerge.zoo.catalog import Zoo
 
@@ -70,6 +72,7 @@ class EvaluatorSettings(Protocol):
     def fitness(self) -> FitnessSettings: ...
     @property
     def objectives(self) -> Sequence[ObjectiveSetting]: ...
+    def task_banks(self) -> dict[str, str | None]: ...
 
 
 def recipe_mixing(recipe: dict[str, Any], task_key: str) -> dict[str, float]:
@@ -84,14 +87,22 @@ def recipe_mixing(recipe: dict[str, Any], task_key: str) -> dict[str, float]:
     return {m: 1.0 for m in r.models}
 
 
+def recipe_parents(recipe: dict[str, Any]) -> list[str]:
+    """The source models a recipe merges (``mp-irt``'s parents): a stitch's trunk and branch models,
+    a weight merge's fine-tunes (its base is the reference, not a parent), each once."""
+    r = parse_recipe(recipe)
+    return list(dict.fromkeys(m for path, m in model_refs(r) if path != "base"))
+
+
 class RecipeEvaluator:
     """Scores recipes of one search space on one split (``val`` for the search, ``test`` at the end).
 
     Metrics: ``accuracy/<task name>``, ``accuracy/mean`` (weighted by the tasks' weights),
     ``params``, ``added_params`` (over the reference source), ``latency_ms`` (one batch of
-    ``LATENCY_BATCH`` items). With an IRT estimator also ``accuracy_stderr/<task>`` and
-    ``accuracy_stderr/mean`` (tasks independent), ``items/<task>`` (items answered) and
-    ``verified/<task>`` (1 when every item was answered, so the accuracy is exact).
+    ``LATENCY_BATCH`` items); with an IRT estimator also ``verified/<task>`` (1 when every item was
+    answered), which the driver's front hands back to the workers. Each task's estimate ± stderr
+    and the combined one are the typed :class:`~evomerge.fitness.multitask.TaskEstimate` records of
+    the result (``estimates``).
     """
 
     def __init__(self, space: EvaluatorSettings, split: str = "val", estimator: str | None = None, device: str = "cpu"):
@@ -102,6 +113,7 @@ class RecipeEvaluator:
         }
         self.weights = {t.name: t.weight for t in space.tasks}
         self.fitness: dict[str, BankFitness] = {}
+        self.best_combined = -np.inf  # the best accuracy/mean verified on every task (several IRT tasks)
         if self.estimator != "full":  # the bank is checked before any model is built or trained
             self.fitness = self._bank_fitness(space.fitness.model_copy(update={"estimator": self.estimator}))
         self.zoo = Zoo(seed=space.zoo.seed)
@@ -109,7 +121,7 @@ class RecipeEvaluator:
         for m in space.models:
             self.zoo.adapter(m)  # load every source once, now
         self.cache = ActivationCache()
-        if self.estimator == "mpirt":
+        if self.estimator == "mpirt" or self.estimator in PARENT_ESTIMATORS:
             for name, fit in self.fitness.items():
                 task = self.tasks[name]
                 fit.set_sources({m: responses(self.zoo.adapter(m).forward, task, device=device).numpy()
@@ -119,21 +131,28 @@ class RecipeEvaluator:
         if self.split != "val":
             raise UserError(f"estimator '{self.estimator}' estimates validation accuracy; split '{self.split}' "
                             "is always evaluated in full")
-        if len(self.tasks) != 1:
-            raise ConfigError(self.space.source, "fitness.bank", "a space with one task (a bank covers one task split)",
-                              f"{len(self.tasks)} tasks")
-        name, task = next(iter(self.tasks.items()))
-        return {name: BankFitness(settings, task.item_ids, seed=self.space.seed, source=self.space.source)}
+        banks = self.space.task_banks()
+        fits = {}
+        for i, (name, task) in enumerate(self.tasks.items()):
+            if banks[name] is None:
+                field = "fitness.bank" if len(self.tasks) == 1 else f"tasks[{i}].bank"
+                raise ConfigError(self.space.source, field, f"an item bank for task '{name}' (estimator "
+                                  f"'{self.estimator}', one bank per task)")
+            fits[name] = BankFitness(settings, task.item_ids, seed=self.space.seed, source=self.space.source,
+                                     bank=banks[name])
+        return fits
 
     def build(self, recipe: dict[str, Any]) -> Materialized:
         return materialize(recipe, self.zoo, self.cache)
 
     @torch.no_grad()
     def score(self, built: Materialized, recipe: dict[str, Any] | None = None
-              ) -> tuple[dict[str, float], list[TaskResponses]]:
-        """Accuracy per task (and weighted mean), sizes and latency of a built merged model.
+              ) -> tuple[dict[str, float], list[TaskResponses], list[TaskEstimate]]:
+        """Accuracy per task (and weighted mean), sizes and latency of a built merged model, the
+        answers, and each task's estimate with the combined one last.
 
-        In IRT mode the accuracies are estimates; ``recipe`` gives ``mpirt`` its prior."""
+        In IRT mode the accuracies are estimates; ``recipe`` gives ``mpirt`` its prior and
+        ``mp-irt`` / ``gmp-irt`` its parents."""
         model = built.module.to(self.device)
         metrics: dict[str, float] = {"params": float(built.params), "added_params": float(built.added_params)}
         first = next(iter(self.tasks.values()))
@@ -142,42 +161,60 @@ class RecipeEvaluator:
         model(x, first.key)
         metrics["latency_ms"] = (time.perf_counter() - start) * 1000
         costs = self.costs(metrics)
-        answered: list[TaskResponses] = []
+        scored: dict[str, Scored] = {}
         for name, task in self.tasks.items():
-            def run(x: torch.Tensor, key: str = task.key) -> torch.Tensor:
-                return model(x, key)
-
-            if name in self.fitness:
-                scored = self._estimate(self.fitness[name], run, task, recipe, costs)
-                metrics[f"accuracy/{name}"] = scored.value
-                metrics[f"accuracy_stderr/{name}"] = scored.stderr
-                metrics[f"items/{name}"] = float(len(scored.items))
-                metrics[f"verified/{name}"] = float(scored.verified)
-                answered.append(TaskResponses(task.key, self.split, scored.items.tolist(),
-                                              scored.correct.astype(bool).tolist()))
+            answer = self._answerer(model, task)
+            if self.fitness:
+                scored[name] = self._estimate(self.fitness[name], answer, task, recipe, costs)
             else:
-                correct = responses(run, task, device=self.device)
-                metrics[f"accuracy/{name}"] = correct.float().mean().item()
-                answered.append(TaskResponses(task.key, self.split, list(range(len(task))), correct.tolist()))
-        total = sum(self.weights.values())
-        metrics["accuracy/mean"] = sum(metrics[f"accuracy/{n}"] * w for n, w in self.weights.items()) / total
+                every = np.arange(len(task))
+                correct = answer(every)
+                scored[name] = Scored(float(correct.mean()), 0.0, every, correct, True)
+        if len(self.fitness) > 1:
+            self._verify_combined(scored, model)
+        estimates = [TaskEstimate(n, self.estimator, s.value, s.stderr, len(s.items), s.verified)
+                     for n, s in scored.items()]
+        estimates.append(combine(estimates, self.weights))
+        metrics.update({f"accuracy/{e.task}": e.value for e in estimates})
         if self.fitness:
-            metrics["accuracy_stderr/mean"] = math.sqrt(sum(
-                (metrics.get(f"accuracy_stderr/{n}", 0.0) * w) ** 2 for n, w in self.weights.items())) / total
-        return metrics, answered
+            metrics.update({f"verified/{n}": float(s.verified) for n, s in scored.items()})
+        answered = [TaskResponses(self.tasks[n].key, self.split, s.items.tolist(), s.correct.astype(bool).tolist())
+                    for n, s in scored.items()]
+        return metrics, answered, estimates
 
-    def _estimate(self, fitness: BankFitness, run: Any, task: TaskData, recipe: dict[str, Any] | None,
-                  costs: np.ndarray) -> Scored:
+    def _answerer(self, model: torch.nn.Module, task: TaskData) -> Answer:
+        """``answer(items) -> 0/1`` running ``model`` on those items of ``task`` only."""
+        def run(x: torch.Tensor) -> torch.Tensor:
+            return model(x, task.key)
+
         def answer(items: np.ndarray) -> np.ndarray:
             index = torch.as_tensor(np.asarray(items, dtype=np.int64))
-            return responses(run, task, device=self.device, items=index).numpy()
+            return responses(run, task, device=self.device, items=index).numpy().astype(float)
 
-        prior = None
-        if fitness.settings.estimator == "mpirt":
-            if recipe is None:
-                raise UserError("estimator 'mpirt' needs the recipe: score(built, recipe)")
-            prior = fitness.prior(recipe_mixing(recipe, task.key))
-        return fitness.evaluate(answer, prior, costs)
+        return answer
+
+    def _verify_combined(self, scored: dict[str, Scored], model: torch.nn.Module) -> None:
+        """Several tasks: a candidate whose combined estimate beats the best verified combination
+        answers every task in full (:meth:`BankFitness.complete`), so the search's best is exact on
+        the objective it is ranked by, not only on each task's own incumbent."""
+        def combined() -> float:
+            return sum(self.weights[n] * s.value for n, s in scored.items()) / sum(self.weights.values())
+
+        if not all(s.verified for s in scored.values()) and combined() > self.best_combined:
+            for name, s in scored.items():
+                if not s.verified:
+                    scored[name] = self.fitness[name].complete(self._answerer(model, self.tasks[name]), s)
+        if all(s.verified for s in scored.values()):
+            self.best_combined = max(self.best_combined, combined())
+
+    def _estimate(self, fitness: BankFitness, answer: Answer, task: TaskData, recipe: dict[str, Any] | None,
+                  costs: np.ndarray) -> Scored:
+        estimator = fitness.settings.estimator
+        if recipe is None and (estimator == "mpirt" or estimator in PARENT_ESTIMATORS):
+            raise UserError(f"estimator '{estimator}' needs the recipe: score(built, recipe)")
+        prior = fitness.prior(recipe_mixing(recipe, task.key)) if estimator == "mpirt" else None
+        parents = fitness.parent_thetas(recipe_parents(recipe)) if estimator in PARENT_ESTIMATORS else None
+        return fitness.evaluate(answer, prior, costs, parents)
 
     def costs(self, metrics: Mapping[str, float]) -> np.ndarray:
         """The candidate's objectives other than accuracy, oriented so that smaller is better."""
@@ -190,5 +227,7 @@ class RecipeEvaluator:
         for name, fitness in self.fitness.items():
             if known:
                 fitness.share([(self.costs(m), m[f"accuracy/{name}"], bool(m.get(f"verified/{name}"))) for m in known])
-        metrics, answered = self.score(self.build(recipe), recipe)
-        return EvalResult(candidate_id, "ok", metrics, answered, time.perf_counter() - start)
+        exact = [m["accuracy/mean"] for m in known or [] if all(m.get(f"verified/{n}") for n in self.fitness)]
+        self.best_combined = max([self.best_combined, *exact])
+        metrics, answered, estimates = self.score(self.build(recipe), recipe)
+        return EvalResult(candidate_id, "ok", metrics, answered, time.perf_counter() - start, estimates=estimates)

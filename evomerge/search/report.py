@@ -124,6 +124,11 @@ def write_report(run_dir: str | Path) -> Path:
     best = summary.get("best")
     if best:
         lines += ["## Best", "", f"`{best['id']}`: {describe(space, best)}", ""]
+        if best.get("estimates"):  # IRT fitness: each task's estimate (validation) and the combination
+            lines += ["| task | estimator | accuracy | stderr | items | verified |", "|---|---|---|---|---|---|"]
+            lines += [f"| {e['task']} | {e['estimator']} | {e['value']:.4f} | {e['stderr']:.4f} | {e['items']:,} | "
+                      f"{'yes' if e['verified'] else 'no'} |" for e in best["estimates"]]
+            lines += [""]
     if len(space.objectives) > 1 and ok:
         front = pareto_front([space.record_values(r) for r in ok], space.directions)
         _plot_pareto(space, ok, front, out / "pareto.png")

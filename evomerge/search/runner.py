@@ -17,6 +17,7 @@ import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,8 @@ class SearchRunner:
             "objectives": objectives, "metrics": result.objectives, "wall_s": result.wall_s,
             "items": sum(len(r.items) for r in result.responses), "elapsed_s": self.elapsed_s(),
         }
+        if result.estimates:
+            record["estimates"] = [asdict(e) for e in result.estimates]
         if error is not None:
             record["error"] = error
         return record
@@ -198,7 +201,7 @@ class SearchRunner:
         }
 
     def _entry(self, record: dict[str, Any], final: bool) -> dict[str, Any]:
-        entry = {k: record[k] for k in ("id", "recipe", "genome", "objectives")}
+        entry = {k: record[k] for k in ("id", "recipe", "genome", "objectives", "estimates") if k in record}
         entry["full_test_accuracy"] = None
         if final and self.final_eval is not None:
             try:
@@ -211,12 +214,15 @@ class SearchRunner:
 
 
 def describe(space: SearchSpace, entry: Mapping[str, Any]) -> str:
-    """A summary entry's objectives by metric key, accuracies with their test figure:
-    ``accuracy/mean 0.7864 (test 0.7801), added_params 12,345``."""
+    """A summary entry's objectives by metric key, estimated accuracies with their stderr, accuracies
+    with their test figure: ``accuracy/mean 0.7864 ± 0.0120 (test 0.7801), added_params 12,345``."""
     test = entry.get("test_metrics") or {}
+    stderr = {e["task"]: e["stderr"] for e in entry.get("estimates", []) if e["stderr"] > 0}
     parts = []
     for o in space.objectives:
         text = f"{o.key} {figure(entry['objectives'][o.name])}"
+        if o.metric == "accuracy" and o.task in stderr:
+            text += f" ± {figure(stderr[o.task])}"
         if o.metric == "accuracy" and test.get(o.key) is not None:
             text += f" (test {figure(test[o.key])})"
         parts.append(text)

@@ -102,10 +102,14 @@ TAGS = {"type": ("a gene type", GENE_TYPES)}
 
 
 class TaskSpec(Strict):
+    """One task; ``weight`` its share of ``accuracy/mean``; ``bank`` its item bank file for IRT fitness
+    (required on every task when a space with several tasks uses an IRT estimator)."""
+
     name: Annotated[str, Field(min_length=1)]
     dataset: str
     condition: str = "all"
     weight: Annotated[float, Field(gt=0)] = 1.0
+    bank: str | None = None
 
 
 class Constraints(Strict):
@@ -181,6 +185,11 @@ class SearchSpace(Strict):
         """A run record's objective values, in the space's order."""
         return [record["objectives"][o.name] for o in self.objectives]
 
+    def task_banks(self) -> dict[str, str | None]:
+        """Each task's item bank: its own ``bank``, else ``fitness.bank`` in a single-task space."""
+        single = self.fitness.bank if len(self.tasks) == 1 else None
+        return {t.name: t.bank or single for t in self.tasks}
+
     def objective_values(self, metrics: Mapping[str, float]) -> list[float]:
         """The objectives' values from an evaluator's metrics; KeyError names a missing metric."""
         missing = [o.key for o in self.objectives if o.key not in metrics]
@@ -191,7 +200,7 @@ class SearchSpace(Strict):
     @field_validator("fitness")
     @classmethod
     def _fitness_names(cls, fitness: FitnessSettings) -> FitnessSettings:
-        """The estimator and anchors must be registered; an estimator needs a bank."""
+        """The estimator and anchors must be registered (the banks an estimator needs: ``_check_banks``)."""
         from evomerge.fitness.anchors import ANCHORS
         from evomerge.fitness.estimators import ESTIMATORS
 
@@ -199,8 +208,6 @@ class SearchSpace(Strict):
             raise FieldIssue("estimator", f"one of full, {', '.join(ESTIMATORS.names())}", fitness.estimator)
         if fitness.anchors not in ANCHORS:
             raise FieldIssue("anchors", f"one of {', '.join(ANCHORS.names())}", fitness.anchors)
-        if fitness.estimator != "full" and fitness.bank is None:
-            raise FieldIssue("bank", f"an item bank name for estimator '{fitness.estimator}'")
         return fitness
 
     @model_validator(mode="after")
@@ -219,7 +226,29 @@ class SearchSpace(Strict):
             if o.task is not None and o.task != "mean" and o.task not in tasks:
                 raise FieldIssue(f"objectives[{i}].task", f"'mean' or a task name ({', '.join(sorted(tasks))})", o.task)
         self._check_genes()
+        self._check_banks()
         return self
+
+    def _check_banks(self) -> None:
+        """An IRT estimator needs a bank per task: ``fitness.bank`` for one task (or ``tasks[0].bank``,
+        not both), ``tasks[i].bank`` on each of several."""
+        if self.fitness.estimator == "full":
+            return
+        name = self.fitness.estimator
+        if len(self.tasks) == 1:
+            if self.fitness.bank and self.tasks[0].bank and self.fitness.bank != self.tasks[0].bank:
+                raise FieldIssue("tasks[0].bank", "no second bank beside fitness.bank (one of the two)",
+                                 self.tasks[0].bank)
+            if self.task_banks()[self.tasks[0].name] is None:
+                raise FieldIssue("fitness.bank", f"an item bank name for estimator '{name}'")
+            return
+        if self.fitness.bank is not None:
+            raise FieldIssue("fitness.bank", "no space-wide bank in a space with several tasks "
+                             "(a bank covers one task: set tasks[i].bank on each)", self.fitness.bank)
+        for i, t in enumerate(self.tasks):
+            if t.bank is None:
+                raise FieldIssue(f"tasks[{i}].bank", f"an item bank file for task '{t.name}' "
+                                 f"(estimator '{name}', one bank per task)")
 
     def _check_genes(self) -> None:
         earlier: dict[str, CategoricalGene | IntGene | FloatGene] = {}
