@@ -98,9 +98,12 @@ def recipe_evaluation(space: SearchSpace) -> tuple[Callable[..., Evaluator], Fin
 
     The recipe template is checked first (whatever its ``kind``), so a mistake spends no budget."""
     from evomerge.recipe.evaluator import RecipeEvaluator  # the worker side, written by the recipe package
-    from evomerge.search.space import check_recipes
+    from evomerge.search.space import ItemTaskSpec, check_recipes
 
     check_recipes(space)
+    if space.sources or any(isinstance(t, ItemTaskSpec) for t in space.tasks):
+        raise UserError(f"{space.source}: the space is valid, but the search evaluates only zoo model ids on "
+                        "built-in tasks so far (model source entries and item-file tasks are not wired yet)")
 
     test_evaluator: list[Evaluator] = []
 
@@ -119,12 +122,17 @@ def recipe_evaluation(space: SearchSpace) -> tuple[Callable[..., Evaluator], Fin
 
 
 def item_ids(space: SearchSpace, split: str) -> dict[tuple[str, str], Sequence[str]]:
-    """Each task split's ordered item ids (what response indices point into)."""
+    """Each task split's ordered item ids (what response indices point into), keyed by
+    ``dataset/condition`` for a built-in task and by the task's name for an item file."""
     from evomerge.data import load_task
+    from evomerge.search.space import ItemTaskSpec
 
-    out = {}
+    out: dict[tuple[str, str], Sequence[str]] = {}
     for t in space.tasks:
-        out[(f"{t.dataset}/{t.condition}", split)] = load_task(t.dataset, t.condition, split, seed=space.zoo.seed).item_ids
+        if isinstance(t, ItemTaskSpec):
+            out[(t.name, split)] = t.item_set.split(split).ids
+        else:
+            out[(f"{t.dataset}/{t.condition}", split)] = load_task(t.dataset, t.condition, split, seed=space.zoo.seed).item_ids
     return out
 
 
