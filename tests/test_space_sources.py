@@ -162,6 +162,20 @@ def test_bad_item_file_exits_2_naming_file_and_line(tmp_path, models, lines, edi
     assert where in err and expected in err, err
 
 
-def test_valid_hf_space_is_not_searched_yet(tmp_path, models, capsys, monkeypatch):
-    err = run_search(write_space(tmp_path, models), tmp_path, capsys, monkeypatch)
+def test_valid_hf_space_is_not_searched_or_probed_yet(tmp_path, models, capsys, monkeypatch):
+    space = write_space(tmp_path, models)
+    err = run_search(space, tmp_path, capsys, monkeypatch)
     assert "the space is valid" in err, err
+    assert main(["probe", "--space", str(space), "--out", str(tmp_path / "probe")]) == 2
+    assert "probe takes zoo model ids" in capsys.readouterr().err
+
+
+def test_zoo_ids_and_zoo_source_entries_load_side_by_side(tmp_path, models):
+    def edit(d: dict) -> None:
+        d["models"] = ["base-mnist1d", {"name": "reverse", "source": "zoo", "id": "ft-mnist1d-reverse"}]
+        d["tasks"] = [{"name": "reverse", "dataset": "mnist1d", "condition": "reverse"}]
+        d["recipe"].update(base="base-mnist1d", models=["reverse"])
+
+    space = load_space(write_space(tmp_path, models, edit), known_models={"base-mnist1d"})
+    assert space.model_names == ["base-mnist1d", "reverse"] and space.sources["reverse"].kind == "zoo"
+    assert not space.builtin_only

@@ -98,10 +98,10 @@ def recipe_evaluation(space: SearchSpace) -> tuple[Callable[..., Evaluator], Fin
 
     The recipe template is checked first (whatever its ``kind``), so a mistake spends no budget."""
     from evomerge.recipe.evaluator import RecipeEvaluator  # the worker side, written by the recipe package
-    from evomerge.search.space import ItemTaskSpec, check_recipes
+    from evomerge.search.space import check_recipes
 
     check_recipes(space)
-    if space.sources or any(isinstance(t, ItemTaskSpec) for t in space.tasks):
+    if not space.builtin_only:
         raise UserError(f"{space.source}: the space is valid, but the search evaluates only zoo model ids on "
                         "built-in tasks so far (model source entries and item-file tasks are not wired yet)")
 

@@ -268,6 +268,11 @@ class SearchSpace(Strict):
         return self._sources
 
     @property
+    def builtin_only(self) -> bool:
+        """Whether every model is a zoo id and every task a built-in dataset (all the evaluator takes so far)."""
+        return all(isinstance(m, str) for m in self.models) and all(isinstance(t, TaskSpec) for t in self.tasks)
+
+    @property
     def directions(self) -> list[str]:
         return [o.direction for o in self.objectives]
 
