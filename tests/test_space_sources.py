@@ -13,7 +13,7 @@ import yaml
 
 from evomerge.cli import main
 from evomerge.commands.search import item_ids
-from evomerge.search.space import ItemTaskSpec, dump_space, load_space
+from evomerge.search.space import ItemTaskSpec, dump_space, load_space, with_overrides
 from tests.llama_fixtures import save_llama_family, tiny_llama_config
 from tests.lm_tiny import char_tokenizer, tiny_bert_classifier
 
@@ -88,6 +88,7 @@ def test_space_naming_two_llama_folders_with_an_item_file_loads(tmp_path, models
     elsewhere.mkdir()
     (elsewhere / "space.yaml").write_text(dump_space(space))  # what a run folder keeps: absolute paths
     assert dump_space(load_space(elsewhere / "space.yaml")) == dump_space(space)
+    assert with_overrides(space, **{"budget.evaluations": 5}).budget.evaluations == 5  # what --budget does
 
 
 def test_format_file_and_layerwise_recipe_load(tmp_path, models):
