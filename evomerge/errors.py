@@ -26,7 +26,7 @@ class ConfigError(UserError):
     """A bad value in a configuration file (space YAML, item bank, manifest)."""
 
     def __init__(self, file: str, field: str, expected: str, got: object = None):
-        self.file, self.field, self.expected = file, field, expected
+        self.file, self.field, self.expected, self.got = file, field, expected, got
         msg = f"{file}: field '{field}': expected {expected}"
         if got is not None:
             msg += f", got {got!r}"

@@ -53,6 +53,9 @@ def _targets(args: argparse.Namespace) -> tuple[str, int, list[str], list[tuple[
         from evomerge.search.space import load_space
 
         space = load_space(args.space)
+        if not space.builtin_only:
+            raise UserError(f"{args.space}: probe takes zoo model ids on built-in tasks (this space names model "
+                            "sources or item files)")
         return space.name, space.zoo.seed, list(space.models), [(t.dataset, t.condition) for t in space.tasks]
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if len(models) != 2:

@@ -101,6 +101,9 @@ def recipe_evaluation(space: SearchSpace) -> tuple[Callable[..., Evaluator], Fin
     from evomerge.search.space import check_recipes
 
     check_recipes(space)
+    if not space.builtin_only:
+        raise UserError(f"{space.source}: the space is valid, but the search evaluates only zoo model ids on "
+                        "built-in tasks so far (model source entries and item-file tasks are not wired yet)")
 
     test_evaluator: list[Evaluator] = []
 
@@ -119,12 +122,17 @@ def recipe_evaluation(space: SearchSpace) -> tuple[Callable[..., Evaluator], Fin
 
 
 def item_ids(space: SearchSpace, split: str) -> dict[tuple[str, str], Sequence[str]]:
-    """Each task split's ordered item ids (what response indices point into)."""
+    """Each task split's ordered item ids (what response indices point into), keyed by
+    ``dataset/condition`` for a built-in task and by the task's name for an item file."""
     from evomerge.data import load_task
+    from evomerge.search.space import ItemTaskSpec
 
-    out = {}
+    out: dict[tuple[str, str], Sequence[str]] = {}
     for t in space.tasks:
-        out[(f"{t.dataset}/{t.condition}", split)] = load_task(t.dataset, t.condition, split, seed=space.zoo.seed).item_ids
+        if isinstance(t, ItemTaskSpec):
+            out[(t.name, split)] = t.item_set.split(split).ids
+        else:
+            out[(f"{t.dataset}/{t.condition}", split)] = load_task(t.dataset, t.condition, split, seed=space.zoo.seed).item_ids
     return out
 
 

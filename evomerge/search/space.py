@@ -7,6 +7,13 @@ fitness estimator and the resources. Every mistake becomes a :class:`ConfigError
 naming the file, the field path (``genes[2].low``) and what was expected. The recipe template is
 checked at load too: decoded with sample genomes, each recipe must pass the recipe schema and name
 only the space's models (:func:`check_recipes`), so a typo fails before any candidate runs.
+
+Models are zoo ids or source entries (``{name, source: zoo|hf|torch, ...}``, opened through
+:func:`evomerge.sources.open_source`: headers and configs only); tasks are built-in datasets or item
+files (``{name, items, format, metric}``, read through :func:`evomerge.items.load_items`). Paths are
+relative to the space file and kept absolute, so the run folder's copy loads from anywhere. A weight
+merge over Hugging Face sources is checked for one architecture and one vocabulary (or
+``backbone_only``) at load.
 """
 
 from __future__ import annotations
@@ -14,25 +21,31 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
+    Discriminator,
     Field,
     PrivateAttr,
     StrictBool,
     StrictFloat,
     StrictInt,
     StrictStr,
+    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from evomerge.errors import ConfigError, FieldIssue, config_error, read_text
+from evomerge.errors import ConfigError, FieldIssue, UserError, config_error, read_text
 from evomerge.recipe.schema import RECIPE_KINDS, model_refs, parse_recipe
 from evomerge.settings import FitnessSettings, Resources, Seed, Strict, ZooSettings
+
+if TYPE_CHECKING:
+    from evomerge.items import ItemSet
+    from evomerge.sources import Source
 
 Scalar = Union[StrictBool, StrictInt, StrictFloat, StrictStr, None]
 
@@ -97,19 +110,88 @@ class FloatGene(_NumericGene):
 
 Gene = Annotated[Union[CategoricalGene, IntGene, FloatGene], Field(discriminator="type")]
 GENE_TYPES = ("categorical", "int", "float")
+TASK_FORMS = ("builtin", "item_file")
 #: The discriminated unions of a space file, for error messages.
-TAGS = {"type": ("a gene type", GENE_TYPES)}
+TAGS = {"type": ("a gene type", GENE_TYPES), "task": ("a task form", TASK_FORMS)}
+#: Recipe kinds that merge weights tensor by tensor (their sources must be compatible).
+WEIGHT_MERGES = ("weights", "layerwise")
 
 
 class TaskSpec(Strict):
-    """One task; ``weight`` its share of ``accuracy/mean``; ``bank`` its item bank file for IRT fitness
-    (required on every task when a space with several tasks uses an IRT estimator)."""
+    """A built-in dataset under a condition; ``weight`` its share of ``accuracy/mean``; ``bank`` its item
+    bank file for IRT fitness (required on every task when a space with several tasks uses an IRT estimator)."""
 
     name: Annotated[str, Field(min_length=1)]
     dataset: str
     condition: str = "all"
     weight: Annotated[float, Field(gt=0)] = 1.0
     bank: str | None = None
+
+
+class ItemTaskSpec(Strict):
+    """Items read from a file at load: ``items`` (relative to the space file), its ``format`` block
+    (inline, or a YAML file holding it), the scorer's ``metric`` that gives the 0/1 answers, and the
+    seeded split (``seed``, ``val_fraction`` of the items without a ``split`` field go to ``val``); ``weight``
+    and ``bank`` as for built-in tasks."""
+
+    name: Annotated[str, Field(min_length=1)]
+    items: Path
+    format: Union[dict[str, Any], Path]
+    metric: str
+    seed: Seed = 0
+    val_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5
+    weight: Annotated[float, Field(gt=0)] = 1.0
+    bank: str | None = None
+    _item_set: ItemSet = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _load(self, info: ValidationInfo) -> ItemTaskSpec:
+        from evomerge.items import SCORERS, load_items, parse_format
+        from evomerge.items.readers import format_block
+
+        base, source = _location(info)
+        self.items = (base / self.items).absolute()
+        if not self.items.is_file():
+            raise FieldIssue("items", "an existing item file", str(self.items))
+        if isinstance(self.format, Path):
+            file = base / self.format
+            if not file.is_file():
+                raise FieldIssue("format", "a format block, or an existing YAML file holding one", str(file))
+            fmt = parse_format(*format_block(str(file)))
+        else:
+            try:
+                fmt = parse_format(self.format, source)
+            except ConfigError as err:
+                raise FieldIssue(err.field, err.expected, err.got) from None
+        self.format = fmt.model_dump(mode="json")
+        metrics = SCORERS.get(fmt.type).metrics
+        if self.metric not in metrics:
+            raise FieldIssue("metric", f"a metric of the {fmt.type} scorer ({', '.join(metrics)})", self.metric)
+        self._item_set = load_items(self.items, fmt, seed=self.seed, val_fraction=self.val_fraction, name=self.name)
+        return self
+
+    @property
+    def item_set(self) -> ItemSet:
+        """Every item of the file, with ids and splits."""
+        return self._item_set
+
+
+def _task_form(value: Any) -> str:
+    if isinstance(value, (TaskSpec, ItemTaskSpec)):
+        return "item_file" if isinstance(value, ItemTaskSpec) else "builtin"
+    return "item_file" if isinstance(value, Mapping) and "items" in value else "builtin"
+
+
+Task = Annotated[Union[Annotated[TaskSpec, Tag("builtin")], Annotated[ItemTaskSpec, Tag("item_file")]],
+                 Discriminator(_task_form)]
+#: A ``models`` entry: a zoo model id, or a source such as ``{name: a, source: hf, path: models/a}``.
+ModelEntry = Union[StrictStr, dict[str, Any]]
+
+
+def _location(info: ValidationInfo) -> tuple[Path, str]:
+    """The space file's folder (what relative paths start from) and its name, from the context."""
+    context = info.context or {}
+    return context.get("base") or Path(), context.get("source", "<space>")
 
 
 class Constraints(Strict):
@@ -160,8 +242,9 @@ class SearchSpace(Strict):
     name: Annotated[str, Field(min_length=1)]
     seed: Seed = 0
     zoo: ZooSettings = ZooSettings()
-    models: Annotated[list[str], Field(min_length=1)]
-    tasks: Annotated[list[TaskSpec], Field(min_length=1)]
+    models: Annotated[list[ModelEntry], Field(min_length=1)]
+    tasks: Annotated[list[Task], Field(min_length=1)]
+    backbone_only: StrictBool = False
     recipe: dict[str, Any]
     genes: Annotated[list[Gene], Field(min_length=1)]
     constraints: Constraints = Constraints()
@@ -171,11 +254,27 @@ class SearchSpace(Strict):
     fitness: FitnessSettings = FitnessSettings()
     resources: Resources = Resources()
     _source: str = PrivateAttr(default="<space>")
+    _sources: dict[str, Source] = PrivateAttr(default_factory=dict)
 
     @property
     def source(self) -> str:
         """The file this space was loaded from (for error messages)."""
         return self._source
+
+    @property
+    def model_names(self) -> list[str]:
+        """What recipes call the models: zoo ids and the entries' names."""
+        return [m if isinstance(m, str) else m["name"] for m in self.models]
+
+    @property
+    def sources(self) -> dict[str, Source]:
+        """The models given as source entries, opened (headers and configs read), by name."""
+        return self._sources
+
+    @property
+    def builtin_only(self) -> bool:
+        """Whether every model is a zoo id and every task a built-in dataset (all the evaluator takes so far)."""
+        return all(isinstance(m, str) for m in self.models) and all(isinstance(t, TaskSpec) for t in self.tasks)
 
     @property
     def directions(self) -> list[str]:
@@ -212,15 +311,12 @@ class SearchSpace(Strict):
 
     @model_validator(mode="after")
     def _cross_references(self, info: ValidationInfo) -> SearchSpace:
-        _unique("models", self.models)
+        self._open_models(info)
+        _unique("models", self.model_names, [".name" * isinstance(m, dict) for m in self.models])
         _unique("tasks", [t.name for t in self.tasks], "name")
         _unique("genes", [g.name for g in self.genes], "name")
         _unique("objectives", [o.name for o in self.objectives], "name")
-        known = (info.context or {}).get("known_models")
-        if known is not None:
-            for i, m in enumerate(self.models):
-                if m not in known:
-                    raise FieldIssue(f"models[{i}]", f"a zoo model id (one of {', '.join(sorted(known))})", m)
+        self._check_tokenizers()
         tasks = {t.name for t in self.tasks}
         for i, o in enumerate(self.objectives):
             if o.task is not None and o.task != "mean" and o.task not in tasks:
@@ -250,6 +346,53 @@ class SearchSpace(Strict):
                 raise FieldIssue(f"tasks[{i}].bank", f"an item bank file for task '{t.name}' "
                                  f"(estimator '{name}', one bank per task)")
 
+    def _open_models(self, info: ValidationInfo) -> None:
+        """Check zoo ids against ``known_models`` (in the context) and open each source entry, its
+        path fields made absolute; its name (given, or the source's default) is written back."""
+        from evomerge.sources import open_source
+
+        base, source = _location(info)
+        known = (info.context or {}).get("known_models")
+        zoo: dict[str, Any] = {}
+        for i, m in enumerate(self.models):
+            if isinstance(m, str):
+                if known is not None and m not in known:
+                    raise FieldIssue(f"models[{i}]", f"a zoo model id (one of {', '.join(sorted(known))})", m)
+                continue
+            if m.get("source") == "zoo" and not zoo:
+                from evomerge.zoo.catalog import Zoo
+
+                zoo["zoo"] = Zoo(seed=self.zoo.seed)
+            entry = _absolute_paths(m, base)
+            try:
+                opened = open_source(entry, source, f"models[{i}]", zoo)
+            except ConfigError:
+                raise
+            except UserError as exc:  # a checkpoint the headers cannot be read from
+                raise ConfigError(source, f"models[{i}]", f"a model whose checkpoint can be read ({exc})") from None
+            self.models[i] = {**entry, "name": opened.name}
+            self._sources.setdefault(opened.name, opened)
+
+    def _check_tokenizers(self) -> None:
+        """A task scored on text needs every model to bring its tokenizer."""
+        from evomerge.items import make_scorer
+        from evomerge.sources import HFSource
+        from evomerge.sources.hf import TOKENIZER_FILES
+
+        text = next((t for t in self.tasks if isinstance(t, ItemTaskSpec)
+                     and make_scorer(t.item_set).needs_tokenizer(t.item_set.items)), None)
+        if text is None:
+            return
+        why = f"task '{text.name}' ({text.item_set.kind}) is scored on text through the model's tokenizer"
+        for i, name in enumerate(self.model_names):
+            source = self._sources.get(name)
+            if not isinstance(source, HFSource):
+                kind = source.kind if source is not None else "zoo"
+                raise FieldIssue(f"models[{i}]", f"a model with a tokenizer (an hf source; {why})", f"{name} ({kind})")
+            if not source.has_tokenizer:
+                raise FieldIssue(f"models[{i}].path", f"a directory with a tokenizer ({', '.join(TOKENIZER_FILES)}): "
+                                 f"{why}", str(source.path))
+
     def _check_genes(self) -> None:
         earlier: dict[str, CategoricalGene | IntGene | FloatGene] = {}
         used: set[str] = set()
@@ -275,12 +418,26 @@ class SearchSpace(Strict):
                 raise FieldIssue(f"genes[{i}].name", "a gene used in the recipe template or in a 'when' condition", g.name)
 
 
-def _unique(field: str, names: list[str], sub: str = "") -> None:
+def _unique(field: str, names: list[str], sub: str | list[str] = "") -> None:
+    """Names must not repeat; ``sub``: the name's field under each entry (one for all, or per entry)."""
+    subs = sub if isinstance(sub, list) else [f".{sub}" if sub else ""] * len(names)
     seen: set[str] = set()
     for i, n in enumerate(names):
         if n in seen:
-            raise FieldIssue(f"{field}[{i}]{'.' + sub if sub else ''}", "a unique name", n)
+            raise FieldIssue(f"{field}[{i}]{subs[i]}", "a unique name", n)
         seen.add(n)
+
+
+def _absolute_paths(entry: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A source entry with the path fields of its kind made absolute, relative ones against ``base``."""
+    from evomerge.sources import SOURCES
+
+    kind = entry.get("source")
+    if kind not in SOURCES:
+        return dict(entry)  # open_source names the unknown kind
+    fields = SOURCES.get(kind).model_fields
+    return {k: str((base / v).absolute()) if isinstance(v, str) and k in fields and fields[k].annotation is Path else v
+            for k, v in entry.items()}
 
 
 def _is_ref(node: Any) -> bool:
@@ -379,16 +536,36 @@ def _template_node(template: Any, field: str) -> Any:
     return node
 
 
+def recipe_models(recipe: dict[str, Any], source: str) -> list[tuple[str, str]]:
+    """The models a decoded recipe names, with their field paths, the recipe validated first (a
+    ``layerwise`` recipe by :class:`~evomerge.recipe.layerwise.LayerwiseRecipe`)."""
+    if recipe.get("kind") != "layerwise":
+        return model_refs(parse_recipe(recipe, source, "recipe"))
+    from evomerge.recipe.layerwise import LayerwiseRecipe
+
+    try:
+        layerwise = LayerwiseRecipe.model_validate(recipe)
+    except ValidationError as exc:
+        raise config_error(source, exc, "recipe") from None
+    return [("base", layerwise.base), *((f"models[{i}]", m) for i, m in enumerate(layerwise.models))]
+
+
 def check_recipes(space: SearchSpace) -> None:
-    """Decode :func:`sample_genomes`: each recipe must pass the recipe schema and name only models
-    listed in ``models``; otherwise a ConfigError names the field under ``recipe`` (and the gene
-    whose value it was), before any candidate spends budget."""
+    """Decode :func:`sample_genomes`: each recipe must pass the recipe schema, name only models
+    listed in ``models`` and, for a weight merge over hf sources, merge compatible models
+    (:func:`check_weight_merge`); otherwise a ConfigError names the field under ``recipe`` (and the
+    gene whose value it was), before any candidate spends budget."""
+    checked: set[tuple[str, str]] = set()
     for genome in sample_genomes(space):
         try:
-            for path, model in model_refs(parse_recipe(decode(space, genome), space.source, "recipe")):
-                if model not in space.models:
+            recipe = decode(space, genome)
+            refs = recipe_models(recipe, space.source)
+            for path, model in refs:
+                if model not in space.model_names:
                     raise ConfigError(space.source, f"recipe.{path}",
-                                      f"a model listed in models ({', '.join(space.models)})", model)
+                                      f"a model listed in models ({', '.join(space.model_names)})", model)
+            if recipe.get("kind") in WEIGHT_MERGES:
+                check_weight_merge(space, refs, checked)
         except ConfigError as err:
             node = _template_node(space.recipe, err.field)
             if _is_ref(node):
@@ -396,25 +573,55 @@ def check_recipes(space: SearchSpace) -> None:
             raise
 
 
+def check_weight_merge(space: SearchSpace, refs: list[tuple[str, str]], checked: set[tuple[str, str]]) -> None:
+    """When a weight merge names an hf source, each model it merges must be an hf source that
+    :func:`~evomerge.sources.check_compatible` accepts beside the first (the base): one architecture,
+    one set of tensors and shapes, one vocabulary unless ``backbone_only``. Only headers and configs
+    are read; ``checked`` holds the pairs already found compatible."""
+    from evomerge.sources import HFSource, VocabularyMismatch, check_compatible
+
+    if not any(isinstance(space.sources.get(m), HFSource) for _, m in refs):
+        return
+    (_, first), *others = refs
+    for path, name in others:
+        if name == first or (first, name) in checked:
+            continue
+        a, b, field = space.sources.get(first), space.sources.get(name), f"recipe.{path}"
+        if not (isinstance(a, HFSource) and isinstance(b, HFSource)):
+            raise ConfigError(space.source, field, f"hf models only: a weight merge over hf sources cannot merge "
+                              f"'{first}' and '{name}'", name)
+        try:
+            check_compatible([a, b], backbone_only=space.backbone_only)
+        except VocabularyMismatch as exc:
+            raise ConfigError(space.source, field, f"models of one vocabulary ({exc}; to do that, set "
+                              "'backbone_only: true' in the space)", name) from None
+        except UserError as exc:
+            raise ConfigError(space.source, field, f"a model that merges weight by weight with '{first}' ({exc})",
+                              name) from None
+        checked.add((first, name))
+
+
 # ---- loading and error conversion -------------------------------------------------
 
 
 def parse_space(data: Any, source: str = "<space>", known_models: set[str] | None = None,
-                recipes: bool | None = None) -> SearchSpace:
+                recipes: bool | None = None, base: Path | None = None) -> SearchSpace:
     """Validate a loaded mapping as a SearchSpace, including its engine's settings and, with
     ``recipes``, its recipe template (:func:`check_recipes`; None: when ``recipe.kind`` is a recipe
-    kind, so test doubles with recipes of their own load)."""
+    kind, so test doubles with recipes of their own load). Relative paths start from ``base``
+    (default: the working directory)."""
     from evomerge.search.engines import ENGINES
 
+    context = {"known_models": known_models, "source": source, "base": base}
     try:
-        space = SearchSpace.model_validate(data, context={"known_models": known_models})
+        space = SearchSpace.model_validate(data, context=context)
     except ValidationError as exc:
         raise config_error(source, exc, tags=TAGS) from None
     space._source = source
     if space.engine.name not in ENGINES:
         raise ConfigError(source, "engine.name", f"one of {', '.join(ENGINES.names())}", space.engine.name)
     ENGINES.get(space.engine.name).check(space)
-    if recipes or (recipes is None and space.recipe.get("kind") in RECIPE_KINDS):
+    if recipes or (recipes is None and space.recipe.get("kind") in (*RECIPE_KINDS, *WEIGHT_MERGES)):
         check_recipes(space)
     return space
 
@@ -431,7 +638,7 @@ def load_space(path: str | Path, known_models: set[str] | None = None, recipes: 
         raise ConfigError(source, "<yaml>", f"valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(source, "<root>", "a mapping of fields (name, models, genes, ...)", type(data).__name__)
-    return parse_space(data, source, known_models, recipes)
+    return parse_space(data, source, known_models, recipes, Path(path).parent)
 
 
 def with_overrides(space: SearchSpace, **changes: Any) -> SearchSpace:
