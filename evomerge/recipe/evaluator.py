@@ -26,8 +26,7 @@ from evomerge.errors import ConfigError, UserError
 from evomerge.evaluate import responses
 from evomerge.fitness.search_fitness import BankFitness, Scored
 from evomerge.recipe.materialize import Materialized, materialize
-from evomerge.recipe.merged import weight_for
-from evomerge.recipe.schema import StitchRecipe, parse_recipe
+from evomerge.recipe.schema import parse_recipe
 from evomerge.settings import FitnessSettings, ZooSettings
 from evomerge.zoo.catalog import Zoo
 
@@ -70,18 +69,6 @@ class EvaluatorSettings(Protocol):
     def fitness(self) -> FitnessSettings: ...
     @property
     def objectives(self) -> Sequence[ObjectiveSetting]: ...
-
-
-def recipe_mixing(recipe: dict[str, Any], task_key: str) -> dict[str, float]:
-    """Each source model's share in a recipe (``mpirt``'s prior): stitch routing weights for
-    ``task_key``, or equal shares of a weight merge's fine-tunes."""
-    r = parse_recipe(recipe)
-    if isinstance(r, StitchRecipe):
-        mixing = {r.trunk: weight_for(r.trunk_weight, task_key)}
-        for br in r.branches:
-            mixing[br.model] = mixing.get(br.model, 0.0) + weight_for(br.weight, task_key)
-        return mixing
-    return {m: 1.0 for m in r.models}
 
 
 class RecipeEvaluator:
@@ -176,7 +163,7 @@ class RecipeEvaluator:
         if fitness.settings.estimator == "mpirt":
             if recipe is None:
                 raise UserError("estimator 'mpirt' needs the recipe: score(built, recipe)")
-            prior = fitness.prior(recipe_mixing(recipe, task.key))
+            prior = fitness.prior(parse_recipe(recipe).mixing(task.key))
         return fitness.evaluate(answer, prior, costs)
 
     def costs(self, metrics: Mapping[str, float]) -> np.ndarray:

@@ -31,7 +31,7 @@ from pydantic import (
 )
 
 from evomerge.errors import ConfigError, FieldIssue, config_error, read_text
-from evomerge.recipe.schema import RECIPE_KINDS, model_refs, parse_recipe
+from evomerge.recipe.schema import RECIPE_KINDS, parse_recipe
 from evomerge.settings import FitnessSettings, Resources, Seed, Strict, ZooSettings
 
 Scalar = Union[StrictBool, StrictInt, StrictFloat, StrictStr, None]
@@ -356,7 +356,7 @@ def check_recipes(space: SearchSpace) -> None:
     whose value it was), before any candidate spends budget."""
     for genome in sample_genomes(space):
         try:
-            for path, model in model_refs(parse_recipe(decode(space, genome), space.source, "recipe")):
+            for path, model in parse_recipe(decode(space, genome), space.source, "recipe").model_refs():
                 if model not in space.models:
                     raise ConfigError(space.source, f"recipe.{path}",
                                       f"a model listed in models ({', '.join(space.models)})", model)
