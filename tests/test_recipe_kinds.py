@@ -191,3 +191,16 @@ def test_stack_equals_mergekit_on_the_equivalent_passthrough_config(family, stac
     for name in theirs.names():
         assert (theirs.get(name, torch.float32) - ours.get(name, torch.float32)).abs().max().item() <= 1e-6, name
     assert json.loads((tmp_path / "mk" / "config.json").read_text())["num_hidden_layers"] == 8
+
+
+def test_a_stack_of_models_of_different_families_names_the_slot(family, tmp_path):
+    from transformers import LlamaForCausalLM
+
+    from tests.llama_fixtures import tiny_llama_config
+
+    root, base, _ = family
+    LlamaForCausalLM(tiny_llama_config(hidden=16)).save_pretrained(tmp_path / "narrow")
+    recipe = {"kind": "stack", "slots": [{"model": str(base), "layer_range": [0, 2]},
+                                         {"model": str(tmp_path / "narrow"), "layer_range": [2, 4]}]}
+    with pytest.raises(ConfigError, match=r"field 'slots\[1\]\.model': expected a decoder of slot 0's family \(hidden_size 32"):
+        parse_recipe(recipe).plan("stack.json", None, torch.float32, None)

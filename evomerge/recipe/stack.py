@@ -20,12 +20,15 @@ import torch
 import yaml
 from pydantic import Field, field_validator
 
+from evomerge.errors import ConfigError
 from evomerge.io.mergekit_config import parse_mergekit_config
 from evomerge.recipe.kind import RECIPE_KINDS, RecipeKind, Strict
-from evomerge.recipe.stream import MergePlan, plan_mergekit
+from evomerge.recipe.stream import MergePlan, open_source, plan_mergekit
 
 #: The tensors a slot's ``scale`` multiplies (by substring of their name): the residual writes.
 SCALED = ("o_proj", "down_proj")
+#: Config fields on which every slot's model must agree with the first slot's (one family).
+FAMILY = ("model_type", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "vocab_size")
 
 
 class Slot(Strict):
@@ -64,7 +67,15 @@ class StackRecipe(RecipeKind):
 
     def plan(self, source: str, out_dtype: torch.dtype | None, compute_dtype: torch.dtype,
              keep_embeddings_from: str | None) -> MergePlan:  # fmt: skip
-        """The slots' layers streamed in order (:func:`~evomerge.recipe.stream.plan_mergekit`)."""
+        """The slots' layers streamed in order (:func:`~evomerge.recipe.stream.plan_mergekit`), after a
+        check that every slot's model is of the first one's family (vocabulary aside in a backbone-only merge)."""
+        fields = FAMILY[:-1] if keep_embeddings_from else FAMILY
+        configs = [open_source(s.model, f"{source}: slots[{i}].model").config() for i, s in enumerate(self.slots)]
+        for i, cfg in enumerate(configs[1:], 1):
+            if differ := {f: cfg.get(f) for f in fields if cfg.get(f) != configs[0].get(f)}:
+                want = ", ".join(f"{f} {configs[0].get(f)}" for f in differ)
+                raise ConfigError(source, f"slots[{i}].model", f"a decoder of slot 0's family ({want})",
+                                  f"{self.slots[i].model} with {differ}")
         data = self.mergekit_config()
         cfg = parse_mergekit_config(data, source)
         return plan_mergekit(cfg, source, compute_dtype, out_dtype, keep_embeddings_from, self.seed,
