@@ -91,6 +91,13 @@ def test_an_unknown_kind_lists_the_registered_kinds():
         parse_recipe({"kind": "soup"}, "space.yaml", "recipe")
 
 
+def test_mixing_shares_of_the_models_merged():
+    stitch = parse_recipe({**TestStitch.example, "trunk_weight": {"digits/all": 3.0}})
+    assert stitch.mixing("digits/all") == {"a": 3.0, "b": 1.0}
+    assert parse_recipe(TestWeights.example).mixing("t") == {"a": 1.0, "b": 1.0}  # the base is no share
+    assert parse_recipe(TestStack.example).mixing("t") == {"a": 1.0, "b": 1.0}
+
+
 def test_a_kind_says_how_it_cannot_be_built():
     assert [k for k in RECIPE_KINDS if RECIPE_KINDS.get(k).in_place] == ["layerwise"]
     with pytest.raises(UserError, match="'stitch' cannot be streamed"):

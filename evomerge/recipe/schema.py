@@ -22,7 +22,6 @@ from pydantic import Field, ValidationError, field_validator
 from evomerge.errors import ConfigError, config_error
 from evomerge.recipe import layerwise, stack  # noqa: F401  (registration)
 from evomerge.recipe.kind import RECIPE_KINDS, RecipeKind, Strict, _drop_nulls
-from evomerge.settings import Seed
 
 if TYPE_CHECKING:
     import torch
