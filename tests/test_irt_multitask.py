@@ -12,7 +12,8 @@ from evomerge.fitness.anchors import ANCHORS
 from evomerge.fitness.estimators import ESTIMATORS
 from evomerge.fitness.multitask import TaskEstimate, combine
 from evomerge.fitness.irt.simulate import simulate_2pl
-from evomerge.recipe.evaluator import RecipeEvaluator, recipe_parents
+from evomerge.recipe.evaluator import RecipeEvaluator
+from evomerge.recipe.schema import parse_recipe
 from evomerge.search.report import write_report
 from evomerge.search.space import parse_space
 from tests.test_irt_search import records, search
@@ -165,7 +166,7 @@ def test_parents_come_from_the_recipe_and_must_have_an_ability(banks, monkeypatc
     _, paths = banks
     recipe = {"kind": "weights", "method": "task_arithmetic", "base": "base-digits",
               "models": ["ft-digits-rot90", "ft-digits-flip"]}
-    assert recipe_parents(recipe) == ["ft-digits-rot90", "ft-digits-flip"]
+    assert parse_recipe(recipe).parents() == ["ft-digits-rot90", "ft-digits-flip"]
     monkeypatch.setattr("evomerge.recipe.evaluator.Zoo", lambda seed: tiny_zoo)
     ev = RecipeEvaluator(parse_space(multi_space(irt("gmp-irt"), paths)))
     assert ev.fitness["lo"].parent_thetas(["mlp-digits-lo", "cnn-digits-hi"]).shape == (2, 1)

@@ -49,7 +49,7 @@ BAD_SPACES = {
     "negative-seed": (lambda d: d.update(seed=-1000000000), "seed", "greater than or equal to 0"),
     "huge-zoo-seed": (lambda d: d["zoo"].update(seed=2**32), "zoo.seed", "less than 4294967296"),
     "recipe-seed": (lambda d: d["recipe"].update(seed=-1), "recipe.seed", "greater than or equal to 0"),
-    "kind-typo": (lambda d: d["recipe"].update(kind="stich"), "recipe.kind", "a recipe kind (stitch, weights)"),
+    "kind-typo": (lambda d: d["recipe"].update(kind="stich"), "recipe.kind", "a recipe kind (layerwise, stack, stitch, weights)"),
     "gene-below-schema": (lambda d: gene(d, "tune_epochs").update(low=-2), "recipe.branches[0].tune.epochs",
                           "when gene 'tune_epochs' is -2"),
     "gene-model-choice": (lambda d: (branch(d).update(model={"gene": "branch_model"}), d["genes"].append(

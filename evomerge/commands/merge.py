@@ -11,7 +11,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "merge",
         help="merge models from a mergekit YAML or a recipe JSON into a Hugging Face folder, streaming",
         description="CONFIG is a mergekit YAML (linear, task_arithmetic, ties, dare_ties, dare_linear, passthrough; "
-        "mergekit's semantics) or an evomerge weights recipe JSON whose base and models are model folders.",
+        "mergekit's semantics) or an evomerge recipe JSON (kind weights, layerwise or stack; see docs/recipes.md) "
+        "whose models are model folders.",
     )
     p.add_argument("config", help="mergekit YAML (.yaml/.yml) or evomerge recipe JSON (.json)")
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty); written only when complete")
@@ -24,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the plan and its expected peak memory; write nothing")
     keep = p.add_mutually_exclusive_group()
     keep.add_argument("--keep-embeddings-from", metavar="MODEL", help="merge the backbone only: copy embeddings and LM head (and tokenizer) from MODEL")
-    keep.add_argument("--backbone-only", action="store_true", help="as --keep-embeddings-from the base model")
+    keep.add_argument("--backbone-only", action="store_true", help="as --keep-embeddings-from the base model (a stack's first slot's model)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -57,23 +58,16 @@ def run(args: argparse.Namespace) -> int:
             keep = cfg.base_model
         plan = plan_mergekit(cfg, str(path), compute, out_dtype, keep, args.seed, path.read_text())
     elif path.suffix.lower() == ".json":
-        from evomerge.recipe.schema import WeightsRecipe, parse_recipe
-        from evomerge.recipe.stream import plan_recipe
+        from evomerge.recipe.schema import parse_recipe
 
         try:
             data = json.loads(path.read_text())
         except ValueError as e:
             raise UserError(f"{path}: not valid JSON ({e})") from None
         recipe = parse_recipe(data, str(path))
-        if not isinstance(recipe, WeightsRecipe):
-            raise ConfigError(str(path), "kind", "'weights' (evomerge merge runs weight-space recipes)", recipe.kind)
-        if recipe.mass is not None and recipe.mass.enabled:
-            raise ConfigError(str(path), "mass", "no MASS routing (it needs the whole model resident; export the run instead)")
-        params = dict(recipe.params)
-        if recipe.method == "dare" and "seed" not in params:
-            params["seed"] = recipe.seed
-        keep = args.keep_embeddings_from or (recipe.base if args.backbone_only else None)
-        plan = plan_recipe(recipe.method, recipe.base, recipe.models, params, None, out_dtype, compute, keep)
+        first = recipe.model_refs()[0][1]  # the base, or a stack's first slot
+        keep = args.keep_embeddings_from or (first if args.backbone_only else None)
+        plan = recipe.plan(str(path), out_dtype, compute, keep)
         plan.extra_files["recipe.json"] = json.dumps(recipe.model_dump(mode="json"), indent=2) + "\n"
     else:
         raise UserError(f"{path}: expected a mergekit .yaml/.yml or a recipe .json")

@@ -28,8 +28,7 @@ from evomerge.evaluate import responses
 from evomerge.fitness.multitask import TaskEstimate, combine
 from evomerge.fitness.search_fitness import PARENT_ESTIMATORS, Answer, BankFitness, Scored
 from evomerge.recipe.materialize import Materialized, materialize
-from evomerge.recipe.merged import weight_for
-from evomerge.recipe.schema import StitchRecipe, model_refs, parse_recipe
+from evomerge.recipe.schema import parse_recipe
 from evomerge.settings import FitnessSettings, ZooSettings
 from evomerge.zoo.catalog import Zoo
 
@@ -73,25 +72,6 @@ class EvaluatorSettings(Protocol):
     @property
     def objectives(self) -> Sequence[ObjectiveSetting]: ...
     def task_banks(self) -> dict[str, str | None]: ...
-
-
-def recipe_mixing(recipe: dict[str, Any], task_key: str) -> dict[str, float]:
-    """Each source model's share in a recipe (``mpirt``'s prior): stitch routing weights for
-    ``task_key``, or equal shares of a weight merge's fine-tunes."""
-    r = parse_recipe(recipe)
-    if isinstance(r, StitchRecipe):
-        mixing = {r.trunk: weight_for(r.trunk_weight, task_key)}
-        for br in r.branches:
-            mixing[br.model] = mixing.get(br.model, 0.0) + weight_for(br.weight, task_key)
-        return mixing
-    return {m: 1.0 for m in r.models}
-
-
-def recipe_parents(recipe: dict[str, Any]) -> list[str]:
-    """The source models a recipe merges (``mp-irt``'s parents): a stitch's trunk and branch models,
-    a weight merge's fine-tunes (its base is the reference, not a parent), each once."""
-    r = parse_recipe(recipe)
-    return list(dict.fromkeys(m for path, m in model_refs(r) if path != "base"))
 
 
 class RecipeEvaluator:
@@ -212,8 +192,9 @@ class RecipeEvaluator:
         estimator = fitness.settings.estimator
         if recipe is None and (estimator == "mpirt" or estimator in PARENT_ESTIMATORS):
             raise UserError(f"estimator '{estimator}' needs the recipe: score(built, recipe)")
-        prior = fitness.prior(recipe_mixing(recipe, task.key)) if estimator == "mpirt" else None
-        parents = fitness.parent_thetas(recipe_parents(recipe)) if estimator in PARENT_ESTIMATORS else None
+        r = parse_recipe(recipe) if recipe is not None else None
+        prior = fitness.prior(r.mixing(task.key)) if estimator == "mpirt" else None
+        parents = fitness.parent_thetas(r.parents()) if estimator in PARENT_ESTIMATORS else None
         return fitness.evaluate(answer, prior, costs, parents)
 
     def costs(self, metrics: Mapping[str, float]) -> np.ndarray:

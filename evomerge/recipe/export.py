@@ -32,7 +32,7 @@ from evomerge import __version__
 from evomerge.errors import ConfigError, UserError, config_error, read_json
 from evomerge.recipe.materialize import Materialized, build_mass, materialize
 from evomerge.recipe.merged import MassMerge
-from evomerge.recipe.schema import WeightsRecipe, model_refs, parse_recipe
+from evomerge.recipe.schema import WeightsRecipe, parse_recipe
 from evomerge.settings import Seed
 from evomerge.zoo.adapter import LayeredAdapter
 from evomerge.zoo.catalog import Zoo, file_sha256, new_net
@@ -61,7 +61,7 @@ class SkeletonSources:
 
 def recipe_models(recipe: Any) -> list[str]:
     """Zoo ids a recipe uses."""
-    return [model for _, model in model_refs(parse_recipe(recipe))]
+    return [model for _, model in parse_recipe(recipe).model_refs()]
 
 
 def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -19,14 +19,16 @@ defaults shared by every cell. A cell left out keeps its tensors at the base.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
+import torch
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from evomerge.core.merge import MERGE_METHODS, MergeParams
 from evomerge.errors import ConfigError, FieldIssue, UserError, config_error
-from evomerge.recipe.schema import Seed, Strict, _drop_nulls
-from evomerge.recipe.stream import LAYER
+from evomerge.io.tensors import TensorSource
+from evomerge.recipe.kind import RECIPE_KINDS, RecipeKind, Strict, _drop_nulls
+from evomerge.recipe.stream import LAYER, MergePlan, plan_recipe
 
 Filter = Literal["attention", "mlp", "rest"]
 FILTERS: tuple[Filter, ...] = ("attention", "mlp", "rest")
@@ -69,7 +71,8 @@ class LayerGroup(Strict):
     _clean = field_validator(*FILTERS, mode="before")(_drop_nulls)
 
 
-class LayerwiseRecipe(Strict):
+@RECIPE_KINDS.register("layerwise")
+class LayerwiseRecipe(RecipeKind):
     """``method`` over fine-tunes ``models`` of ``base``, parameters per layer group x filter."""
 
     kind: Literal["layerwise"] = "layerwise"
@@ -78,7 +81,7 @@ class LayerwiseRecipe(Strict):
     method: str
     groups: Annotated[list[LayerGroup], Field(min_length=1)]
     params: dict[str, Any] = {}
-    seed: Seed = 0
+    in_place: ClassVar[bool] = True
 
     _cells: dict[Cell, MergeParams] = PrivateAttr(default_factory=dict)
     _clean = field_validator("params", mode="before")(_drop_nulls)
@@ -108,6 +111,16 @@ class LayerwiseRecipe(Strict):
         if len(self.groups) > layers:
             raise ConfigError("layer-wise recipe", "groups", f"at most {layers} groups (the model's layers)", len(self.groups))
         return lambda name: self._cells.get(tensor_cell(name, layers, len(self.groups)))
+
+    def model_refs(self) -> list[tuple[str, str]]:
+        return [("base", self.base), *((f"models[{i}]", m) for i, m in enumerate(self.models))]
+
+    def plan(self, source: str, out_dtype: torch.dtype | None, compute_dtype: torch.dtype,
+             keep_embeddings_from: str | None) -> MergePlan:  # fmt: skip
+        """``base + merge(tau_1..tau_T)`` with each tensor's cell's parameters (:func:`~evomerge.recipe.stream.plan_recipe`)."""
+        layers = num_layers(TensorSource(self.base).names())
+        return plan_recipe(self.method, self.base, self.models, self.resolver(layers), None, out_dtype, compute_dtype,
+                           keep_embeddings_from)  # fmt: skip
 
 
 def parse_layerwise(data: Any, source: str = "recipe") -> LayerwiseRecipe:

@@ -40,7 +40,7 @@ from pydantic import (
 )
 
 from evomerge.errors import ConfigError, FieldIssue, UserError, config_error, read_text
-from evomerge.recipe.schema import RECIPE_KINDS, model_refs, parse_recipe
+from evomerge.recipe.schema import RECIPE_KINDS, parse_recipe
 from evomerge.settings import FitnessSettings, Resources, Seed, Strict, ZooSettings
 
 if TYPE_CHECKING:
@@ -536,20 +536,6 @@ def _template_node(template: Any, field: str) -> Any:
     return node
 
 
-def recipe_models(recipe: dict[str, Any], source: str) -> list[tuple[str, str]]:
-    """The models a decoded recipe names, with their field paths, the recipe validated first (a
-    ``layerwise`` recipe by :class:`~evomerge.recipe.layerwise.LayerwiseRecipe`)."""
-    if recipe.get("kind") != "layerwise":
-        return model_refs(parse_recipe(recipe, source, "recipe"))
-    from evomerge.recipe.layerwise import LayerwiseRecipe
-
-    try:
-        layerwise = LayerwiseRecipe.model_validate(recipe)
-    except ValidationError as exc:
-        raise config_error(source, exc, "recipe") from None
-    return [("base", layerwise.base), *((f"models[{i}]", m) for i, m in enumerate(layerwise.models))]
-
-
 def check_recipes(space: SearchSpace) -> None:
     """Decode :func:`sample_genomes`: each recipe must pass the recipe schema, name only models
     listed in ``models`` and, for a weight merge over hf sources, merge compatible models
@@ -559,7 +545,7 @@ def check_recipes(space: SearchSpace) -> None:
     for genome in sample_genomes(space):
         try:
             recipe = decode(space, genome)
-            refs = recipe_models(recipe, space.source)
+            refs = parse_recipe(recipe, space.source, "recipe").model_refs()
             for path, model in refs:
                 if model not in space.model_names:
                     raise ConfigError(space.source, f"recipe.{path}",
