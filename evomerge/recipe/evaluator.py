@@ -27,6 +27,7 @@ from evomerge.errors import ConfigError, UserError
 from evomerge.evaluate import responses
 from evomerge.fitness.multitask import TaskEstimate, combine
 from evomerge.fitness.search_fitness import PARENT_ESTIMATORS, Answer, BankFitness, Scored
+from evomerge.recipe.kind import RecipeKind
 from evomerge.recipe.materialize import Materialized, materialize
 from evomerge.recipe.schema import parse_recipe
 from evomerge.settings import FitnessSettings, ZooSettings
@@ -142,10 +143,11 @@ class RecipeEvaluator:
         metrics["latency_ms"] = (time.perf_counter() - start) * 1000
         costs = self.costs(metrics)
         scored: dict[str, Scored] = {}
+        kind = parse_recipe(recipe) if recipe is not None and self.fitness else None  # once, for every task
         for name, task in self.tasks.items():
             answer = self._answerer(model, task)
             if self.fitness:
-                scored[name] = self._estimate(self.fitness[name], answer, task, recipe, costs)
+                scored[name] = self._estimate(self.fitness[name], answer, task, kind, costs)
             else:
                 every = np.arange(len(task))
                 correct = answer(every)
@@ -187,14 +189,13 @@ class RecipeEvaluator:
         if all(s.verified for s in scored.values()):
             self.best_combined = max(self.best_combined, combined())
 
-    def _estimate(self, fitness: BankFitness, answer: Answer, task: TaskData, recipe: dict[str, Any] | None,
+    def _estimate(self, fitness: BankFitness, answer: Answer, task: TaskData, kind: RecipeKind | None,
                   costs: np.ndarray) -> Scored:
         estimator = fitness.settings.estimator
-        if recipe is None and (estimator == "mpirt" or estimator in PARENT_ESTIMATORS):
+        if kind is None and (estimator == "mpirt" or estimator in PARENT_ESTIMATORS):
             raise UserError(f"estimator '{estimator}' needs the recipe: score(built, recipe)")
-        r = parse_recipe(recipe) if recipe is not None else None
-        prior = fitness.prior(r.mixing(task.key)) if estimator == "mpirt" else None
-        parents = fitness.parent_thetas(r.parents()) if estimator in PARENT_ESTIMATORS else None
+        prior = fitness.prior(kind.mixing(task.key)) if estimator == "mpirt" else None
+        parents = fitness.parent_thetas(kind.parents()) if estimator in PARENT_ESTIMATORS else None
         return fitness.evaluate(answer, prior, costs, parents)
 
     def costs(self, metrics: Mapping[str, float]) -> np.ndarray:

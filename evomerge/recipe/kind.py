@@ -50,6 +50,8 @@ class RecipeKind(Strict):
     seed: Seed = 0
     #: A worker can write this kind's candidates into one resident model (:class:`~evomerge.recipe.inplace.InPlaceBuilder`).
     in_place: ClassVar[bool] = False
+    #: Merges its models tensor by tensor, so their sources must hold the same tensors (checked at load).
+    tensorwise: ClassVar[bool] = False
 
     @abstractmethod
     def model_refs(self) -> list[tuple[str, str]]:

@@ -82,6 +82,7 @@ class LayerwiseRecipe(RecipeKind):
     groups: Annotated[list[LayerGroup], Field(min_length=1)]
     params: dict[str, Any] = {}
     in_place: ClassVar[bool] = True
+    tensorwise: ClassVar[bool] = True
 
     _cells: dict[Cell, MergeParams] = PrivateAttr(default_factory=dict)
     _clean = field_validator("params", mode="before")(_drop_nulls)

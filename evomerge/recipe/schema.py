@@ -15,7 +15,7 @@ The kinds built from the zoo (``layerwise`` and ``stack``, over Hugging Face dec
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Field, ValidationError, field_validator
 
@@ -129,6 +129,7 @@ class MassSpec(Strict):
 @RECIPE_KINDS.register("weights")
 class WeightsRecipe(RecipeKind):
     kind: Literal["weights"]
+    tensorwise: ClassVar[bool] = True
     base: str
     models: Annotated[list[str], Field(min_length=1)]
     method: str

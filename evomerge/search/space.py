@@ -113,8 +113,6 @@ GENE_TYPES = ("categorical", "int", "float")
 TASK_FORMS = ("builtin", "item_file")
 #: The discriminated unions of a space file, for error messages.
 TAGS = {"type": ("a gene type", GENE_TYPES), "task": ("a task form", TASK_FORMS)}
-#: Recipe kinds that merge weights tensor by tensor (their sources must be compatible).
-WEIGHT_MERGES = ("weights", "layerwise")
 
 
 class TaskSpec(Strict):
@@ -544,13 +542,13 @@ def check_recipes(space: SearchSpace) -> None:
     checked: set[tuple[str, str]] = set()
     for genome in sample_genomes(space):
         try:
-            recipe = decode(space, genome)
-            refs = parse_recipe(recipe, space.source, "recipe").model_refs()
+            parsed = parse_recipe(decode(space, genome), space.source, "recipe")
+            refs = parsed.model_refs()
             for path, model in refs:
                 if model not in space.model_names:
                     raise ConfigError(space.source, f"recipe.{path}",
                                       f"a model listed in models ({', '.join(space.model_names)})", model)
-            if recipe.get("kind") in WEIGHT_MERGES:
+            if parsed.tensorwise:
                 check_weight_merge(space, refs, checked)
         except ConfigError as err:
             node = _template_node(space.recipe, err.field)
@@ -607,7 +605,7 @@ def parse_space(data: Any, source: str = "<space>", known_models: set[str] | Non
     if space.engine.name not in ENGINES:
         raise ConfigError(source, "engine.name", f"one of {', '.join(ENGINES.names())}", space.engine.name)
     ENGINES.get(space.engine.name).check(space)
-    if recipes or (recipes is None and space.recipe.get("kind") in (*RECIPE_KINDS, *WEIGHT_MERGES)):
+    if recipes or (recipes is None and space.recipe.get("kind") in RECIPE_KINDS):
         check_recipes(space)
     return space
 
