@@ -21,7 +21,6 @@ bank with the items a candidate is to be scored on.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -37,6 +36,7 @@ from evomerge.errors import ConfigError
 from evomerge.fitness.calibrate import Calibration
 from evomerge.fitness.irt.model import ItemParams
 from evomerge.fitness.responses import ResponseMatrix
+from evomerge.items.records import hash_string
 
 FORMAT_VERSION = 3
 CONVENTION = "P = sigmoid(a * (theta - b))"
@@ -140,7 +140,7 @@ def prompt_fingerprint(ids: Sequence[str], prompt_hashes: Sequence[str | None]) 
     """SHA-256 over the sorted lines ``id<TAB>prompt_hash`` (empty where unknown): equal for the same
     items with the same prompts, in any order."""
     lines = sorted(f"{i}\t{p or ''}" for i, p in zip(ids, prompt_hashes))
-    return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
+    return hash_string("\n".join(lines))
 
 
 def check_items(bank: ItemBank, bank_path: str | Path, items: Mapping[str, str | None]) -> None:

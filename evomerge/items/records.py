@@ -146,6 +146,11 @@ def parse_format(block: Any, source: str) -> ClassificationFormat | MultipleChoi
         raise ConfigError(source, where, msg, err.get("input")) from None
 
 
+def hash_string(text: str) -> str:
+    """SHA-256 of a text's UTF-8 bytes in hex (``lm_eval.utils.hash_string``)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def doc_hash(doc: Mapping[str, Any]) -> str:
     """lm-eval's ``doc_hash`` of a sample: SHA-256 of the document as ``json.dumps(indent=2)`` writes it."""
 
@@ -160,7 +165,7 @@ def doc_hash(doc: Mapping[str, Any]) -> str:
             return list(o)
         return str(o)
 
-    return hashlib.sha256(json.dumps(doc, indent=2, default=plain, ensure_ascii=False).encode("utf-8")).hexdigest()
+    return hash_string(json.dumps(doc, indent=2, default=plain, ensure_ascii=False))
 
 
 @dataclass(frozen=True)
@@ -180,7 +185,7 @@ def prompt_hash(item: Item) -> str | None:
     request: a multiple-choice item's ``context``, a generation item's ``prompt``), or None for
     classification items. Equal to lm-eval's only without few-shot examples, description or chat template."""
     text = item.fields.get("context", item.fields.get("prompt"))
-    return None if text is None else hashlib.sha256(str(text).encode("utf-8")).hexdigest()
+    return None if text is None else hash_string(str(text))
 
 
 @dataclass(frozen=True)

@@ -17,24 +17,19 @@ response and no requests. The filter is ``none``, or ``regex`` for a generation 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from evomerge.items.records import Item, ItemSet, doc_hash, prompt_hash
+from evomerge.items.records import Item, ItemSet, doc_hash, hash_string, prompt_hash
 from evomerge.items.scorers.base import ScoreResult
 
 
 def sanitize_model_name(name: str) -> str:
     """The model's folder name, as ``lm_eval.utils.sanitize_model_name`` makes it."""
     return re.sub(r"[\"<>:/|\\?*\[\]]+", "__", name)
-
-
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _filter_name(items: ItemSet) -> str:
@@ -93,7 +88,7 @@ def sample_lines(items: ItemSet, result: ScoreResult) -> list[dict[str, Any]]:
             "metrics": list(result.correct),
             "doc_hash": doc_hash(doc),
             "prompt_hash": prompt_hash(item),
-            "target_hash": _sha256(target),
+            "target_hash": hash_string(target),
         }
         line.update({m: float(values[doc_id]) for m, values in result.correct.items()})
         lines.append(line)

@@ -27,7 +27,6 @@ name a content field (``example``, ``full_prompt``) whose SHA-256 becomes the it
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Sequence
@@ -38,6 +37,7 @@ from evomerge.errors import ConfigError, UserError, read_json
 from evomerge.fitness.readers.base import MatrixBuilder, ReadOptions, RunReader, field_of, files_under, register, score
 from evomerge.fitness.responses import ItemInfo, ResponseMatrix
 from evomerge.items.readers import READERS as ITEM_FILES
+from evomerge.items.records import hash_string
 
 SAMPLES = re.compile(r"^samples_(?P<task>.+)_(?P<date>\d{4}-\d{2}-\d{2}T[0-9.-]+)\.jsonl$")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
@@ -128,7 +128,7 @@ def _first_metric(results: dict[str, Any], task: str) -> str | None:
 def content_id(value: Any) -> str:
     """SHA-256 of a row's content (a text as is, anything else as sorted JSON): a v1 row's item id."""
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return hash_string(text)
 
 
 def _details_model(path: Path) -> str:
