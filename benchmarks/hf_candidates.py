@@ -126,7 +126,7 @@ def random_recipes(rng: random.Random) -> list[dict]:
         return {"weights": [round(rng.uniform(0.1, 1.0), 3) for _ in range(2)]}
 
     methods = [("ties", "average")[i % 2] for i in range(N_RECIPES)]
-    return [{"base": "base", "models": ["ft0", "ft1"], "method": m, "groups": [{f: cell(m) for f in FILTERS} for _ in range(GROUPS)]}
+    return [{"kind": "layerwise", "base": "base", "models": ["ft0", "ft1"], "method": m, "groups": [{f: cell(m) for f in FILTERS} for _ in range(GROUPS)]}
             for m in methods]
 
 

@@ -56,3 +56,5 @@ class Resources(Strict):
     cpus_per_worker: Annotated[float, Field(gt=0)] = 1
     timeout_s: Annotated[float, Field(gt=0)] | None = None
     max_retries: Annotated[int, Field(ge=0)] = 1
+    #: Items per scoring batch when a worker scores item-file tasks.
+    batch_size: Annotated[int, Field(ge=1)] = 32

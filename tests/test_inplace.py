@@ -37,7 +37,7 @@ def state(path) -> dict[str, torch.Tensor]:
 
 
 def recipe(method: str, groups: list, **kw) -> dict:
-    return {"base": "base", "models": ["a", "b"], "method": method, "groups": groups, **kw}
+    return {"kind": "layerwise", "base": "base", "models": ["a", "b"], "method": method, "groups": groups, **kw}
 
 
 def current(builder: InPlaceBuilder) -> dict[str, torch.Tensor]:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from evomerge.cli import main
+from evomerge.core.merge import MergeParams
 from evomerge.errors import ConfigError, UserError
 from evomerge.io.tensors import TensorSource
 from evomerge.recipe.inplace import InPlaceBuilder
@@ -41,6 +42,19 @@ class KindContract:
 
     def test_model_refs(self):
         assert parse_recipe(self.example).model_refs() == self.refs
+
+    def test_in_place_or_says_so(self):
+        """An in-place kind gives every tensor of a 4-layer decoder its parameters (or None: the base);
+        any other kind refuses a resolver."""
+        recipe = parse_recipe(self.example)
+        names = ["model.embed_tokens.weight", *(f"model.layers.{i}.{m}.weight" for i in (0, 3) for m in ("self_attn.q_proj", "mlp.up_proj"))]
+        if recipe.in_place:
+            resolve = recipe.resolver(4)
+            assert all(resolve(n) is None or isinstance(resolve(n), MergeParams) for n in names)
+            assert any(resolve(n) is not None for n in names)
+        else:
+            with pytest.raises(UserError, match="is not built in place"):
+                recipe.resolver(4)
 
     def test_a_bad_field_names_its_path(self):
         data = copy.deepcopy(self.example)
@@ -99,7 +113,9 @@ def test_mixing_shares_of_the_models_merged():
 
 
 def test_a_kind_says_how_it_cannot_be_built():
-    assert [k for k in RECIPE_KINDS if RECIPE_KINDS.get(k).in_place] == ["layerwise"]
+    examples = [TestLayerwise, TestWeights, TestStack, TestStitch]
+    assert [parse_recipe(t.example).in_place for t in examples] == [True, True, False, False]
+    assert not parse_recipe({**TestWeights.example, "mass": {"enabled": True, "layer": "l"}}).in_place
     with pytest.raises(UserError, match="'stitch' cannot be streamed"):
         parse_recipe(TestStitch.example).plan("r.json", None, torch.float32, None)
     with pytest.raises(UserError, match="'stack' is not built from zoo models"):

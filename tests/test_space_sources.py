@@ -163,10 +163,14 @@ def test_bad_item_file_exits_2_naming_file_and_line(tmp_path, models, lines, edi
     assert where in err and expected in err, err
 
 
-def test_valid_hf_space_is_not_searched_or_probed_yet(tmp_path, models, capsys, monkeypatch):
-    space = write_space(tmp_path, models)
+def test_space_mixing_sources_with_built_in_tasks_exits_2_before_any_evaluation(tmp_path, models, capsys, monkeypatch):
+    def edit(d: dict) -> None:
+        d["tasks"].append({"name": "digits", "dataset": "digits"})
+
+    space = write_space(tmp_path, models, edit)
     err = run_search(space, tmp_path, capsys, monkeypatch)
-    assert "the space is valid" in err, err
+    assert "field 'tasks[1]'" in err and "an item-file task" in err, err
+    assert not (tmp_path / "run").exists()
     assert main(["probe", "--space", str(space), "--out", str(tmp_path / "probe")]) == 2
     assert "probe takes zoo model ids" in capsys.readouterr().err
 

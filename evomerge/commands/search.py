@@ -97,26 +97,22 @@ def recipe_evaluation(space: SearchSpace) -> tuple[Callable[..., Evaluator], Fin
     """Evaluator factory (validation split), test-split re-evaluation, and the item ids per task split.
 
     The recipe template is checked first (whatever its ``kind``), so a mistake spends no budget."""
-    from evomerge.recipe.evaluator import RecipeEvaluator  # the worker side, written by the recipe package
-    from evomerge.search.space import check_recipes
+    from evomerge.recipe.evaluator import make_evaluator  # the worker side, written by the recipe package
+    from evomerge.search.space import check_searchable
 
-    check_recipes(space)
-    if not space.builtin_only:
-        raise UserError(f"{space.source}: the space is valid, but the search evaluates only zoo model ids on "
-                        "built-in tasks so far (model source entries and item-file tasks are not wired yet)")
-
+    check_searchable(space)
     test_evaluator: list[Evaluator] = []
 
     def final_eval(recipe: dict) -> dict:
         if not test_evaluator:
-            test_evaluator.append(RecipeEvaluator(space, split="test", estimator="full"))
+            test_evaluator.append(make_evaluator(space, split="test", estimator="full"))
         result = test_evaluator[0].evaluate("final", recipe)
         if result.status != "ok":
             raise RuntimeError(result.error)
         return result.objectives
 
     def factory(device: str = "cpu") -> Evaluator:  # a Ray worker passes the device it was assigned
-        return RecipeEvaluator(space, split="val", device=device)
+        return make_evaluator(space, split="val", device=device)
 
     return factory, final_eval, item_ids(space, "val")
 

@@ -27,7 +27,8 @@ from evomerge.errors import UserError, read_json, read_text
 RESPONSES_FILE = "responses.jsonl"
 ITEMS_DIR = "items"
 _PART = r"[A-Za-z0-9_.-]+"
-_TASK_KEY = re.compile(rf"^{_PART}/{_PART}$")
+#: A built-in task's ``dataset/condition``, or an item-file task's name.
+_TASK_KEY = re.compile(rf"^{_PART}(/{_PART})?$")
 
 
 class ResponseRecord(BaseModel):
@@ -53,7 +54,7 @@ class ResponseRecord(BaseModel):
 def items_filename(task_key: str, split: str) -> str:
     """``mnist1d/all`` + ``val`` -> ``mnist1d__all__val.json`` (a safe file name)."""
     if not _TASK_KEY.match(task_key):
-        raise UserError(f"task '{task_key}': expected 'dataset/condition' (letters, digits, '_', '.', '-')")
+        raise UserError(f"task '{task_key}': expected 'dataset/condition' or a task name (letters, digits, '_', '.', '-')")
     return f"{task_key.replace('/', '__')}__{split}.json"
 
 

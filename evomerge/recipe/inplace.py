@@ -1,4 +1,4 @@
-"""Candidates built in place: a layer-wise recipe's merged tensors written into one resident model.
+"""Candidates built in place: an in-place recipe's (``layerwise``, ``weights``) merged tensors written into one resident model.
 
 A worker loads its model once; :class:`InPlaceBuilder` then turns it into each candidate by writing,
 under ``torch.no_grad()``, ``param.copy_(theta)`` for every tensor the recipe merges, with
@@ -19,7 +19,7 @@ TSV's factors: for models that fit.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import torch
@@ -28,26 +28,30 @@ from torch import nn
 from evomerge.core.merge import MERGE_METHODS, MergeMethod
 from evomerge.errors import UserError
 from evomerge.io.tensors import TensorSource
-from evomerge.recipe.layerwise import LayerwiseRecipe, num_layers, parse_layerwise
+from evomerge.recipe.kind import RecipeKind
+from evomerge.recipe.layerwise import num_layers
+from evomerge.recipe.schema import parse_recipe
 
 
 class InPlaceBuilder:
-    """Builds layer-wise recipes into ``module``, whose state-dict names are the checkpoints' names.
+    """Builds in-place recipes into ``module``, whose state-dict names are the checkpoints' names.
 
     ``base_reader`` reads the base the recipes name; ``source_readers`` the fine-tunes, by the names
-    recipes give them. ``device``: where the cached tensors live and the merge runs.
+    recipes give them. ``device``: where the cached tensors live and the merge runs. ``frozen``: tensor
+    names that always keep the base (a backbone-only merge's embeddings and head).
     """
 
     def __init__(self, module: nn.Module, base_reader: TensorSource, source_readers: Mapping[str, TensorSource],
-                 device: str | torch.device = "cpu"):  # fmt: skip
+                 device: str | torch.device = "cpu", frozen: Collection[str] = ()):  # fmt: skip
         self.module = module
+        self.frozen = frozenset(frozen)
         self.base_reader = base_reader
         self.readers = dict(source_readers)
         self.device = torch.device(device)
         state = module.state_dict(keep_vars=True)
         self.targets: dict[str, torch.Tensor] = {}
         for name, info in base_reader.infos.items():
-            if not info.dtype.is_floating_point:
+            if not info.dtype.is_floating_point or name in self.frozen:
                 continue
             if name not in state:
                 raise UserError(f"{base_reader.path}: tensor '{name}' is not in the resident model")
@@ -61,9 +65,11 @@ class InPlaceBuilder:
         self._dirty = set(self.targets)  # the first build writes every tensor: merged, or the base
 
     @torch.no_grad()
-    def build(self, recipe: LayerwiseRecipe | Mapping[str, Any]) -> nn.Module:
-        """Write ``recipe``'s candidate into the resident module (returned) in place."""
-        r = parse_layerwise(recipe)
+    def build(self, recipe: RecipeKind | Mapping[str, Any]) -> nn.Module:
+        """Write ``recipe``'s candidate (an in-place kind: ``layerwise``, ``weights``) into the resident module (returned)."""
+        r = recipe if isinstance(recipe, RecipeKind) else parse_recipe(recipe)
+        if not r.in_place:
+            raise UserError(f"recipe kind '{r.kind}' is not built in place")
         missing = [m for m in r.models if m not in self.readers]
         if missing:
             raise UserError(f"recipe.models: no source named '{missing[0]}' (sources: {', '.join(self.readers)})")

@@ -12,6 +12,7 @@ in :mod:`evomerge.recipe.schema` (``stitch``, ``weights``), :mod:`evomerge.recip
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import model_validator
@@ -24,6 +25,7 @@ from evomerge.settings import Seed
 if TYPE_CHECKING:
     import torch
 
+    from evomerge.core.merge import MergeParams
     from evomerge.core.probe import ActivationCache
     from evomerge.recipe.materialize import Materialized, Sources
     from evomerge.recipe.stream import MergePlan
@@ -48,10 +50,20 @@ class RecipeKind(Strict):
 
     kind: str
     seed: Seed = 0
-    #: A worker can write this kind's candidates into one resident model (:class:`~evomerge.recipe.inplace.InPlaceBuilder`).
-    in_place: ClassVar[bool] = False
     #: Merges its models tensor by tensor, so their sources must hold the same tensors (checked at load).
     tensorwise: ClassVar[bool] = False
+
+    @property
+    def in_place(self) -> bool:
+        """Whether a worker can write this recipe's candidate into one resident model of its base
+        (:class:`~evomerge.recipe.inplace.InPlaceBuilder`); such a recipe has ``base``, ``models``,
+        ``method`` and :meth:`resolver`."""
+        return False
+
+    def resolver(self, layers: int) -> Callable[[str], MergeParams | None]:
+        """An in-place recipe's parameters per tensor name (None: the tensor keeps the base), for a
+        model of ``layers`` repeated layers."""
+        raise UserError(f"recipe kind '{self.kind}' is not built in place")
 
     @abstractmethod
     def model_refs(self) -> list[tuple[str, str]]:

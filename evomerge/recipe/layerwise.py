@@ -6,7 +6,7 @@ filters x parameters; read, not copied). The decoder's ``L`` layers fall into ``
 consecutive layers, layer ``i`` into group ``floor(i G / L)`` (mergekit's ``layer_granularity = L / G``
 when ``G`` divides ``L``). Inside a layer a tensor belongs to the filter ``attention`` (its module
 path starts with ``self_attn``, ``attn``, ``attention`` or ``self_attention``), ``mlp`` (``mlp``,
-``feed_forward``, ``ffn``, ``block_sparse_moe``) or ``rest`` (norms and anything else). Tensors
+``feed_forward``, ``ffn``, ``block_sparse_moe``; BERT's feed-forward ``intermediate`` and ``output``) or ``rest`` (norms and anything else). Tensors
 outside the repeated layers are ``rest`` of the first group when their name holds ``embed`` and of
 the last group otherwise (final norm, LM head): mergekit's planner merges them with the first and
 the last slice's parameters.
@@ -33,7 +33,7 @@ from evomerge.recipe.stream import LAYER, MergePlan, plan_recipe
 Filter = Literal["attention", "mlp", "rest"]
 FILTERS: tuple[Filter, ...] = ("attention", "mlp", "rest")
 ATTENTION = frozenset({"self_attn", "attn", "attention", "self_attention"})
-MLP = frozenset({"mlp", "feed_forward", "ffn", "block_sparse_moe"})
+MLP = frozenset({"mlp", "feed_forward", "ffn", "block_sparse_moe", "intermediate", "output"})  # BERT: intermediate, output
 
 
 class Cell(NamedTuple):
@@ -81,7 +81,6 @@ class LayerwiseRecipe(RecipeKind):
     method: str
     groups: Annotated[list[LayerGroup], Field(min_length=1)]
     params: dict[str, Any] = {}
-    in_place: ClassVar[bool] = True
     tensorwise: ClassVar[bool] = True
 
     _cells: dict[Cell, MergeParams] = PrivateAttr(default_factory=dict)
@@ -106,6 +105,10 @@ class LayerwiseRecipe(RecipeKind):
                 except ConfigError as e:
                     raise FieldIssue(f"groups[{g}].{f}.{e.field}", e.expected) from None
         return self
+
+    @property
+    def in_place(self) -> bool:
+        return True
 
     def resolver(self, layers: int) -> Callable[[str], MergeParams | None]:
         """Tensor name -> its cell's parsed parameters (None: keep the base), for ``layers`` layers."""

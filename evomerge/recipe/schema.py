@@ -15,10 +15,12 @@ The kinds built from the zoo (``layerwise`` and ``stack``, over Hugging Face dec
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Field, ValidationError, field_validator
 
+from evomerge.core.merge import MERGE_METHODS, MergeParams
 from evomerge.errors import ConfigError, config_error
 from evomerge.recipe import layerwise, stack  # noqa: F401  (registration)
 from evomerge.recipe.kind import RECIPE_KINDS, RecipeKind, Strict, _drop_nulls
@@ -146,17 +148,26 @@ class WeightsRecipe(RecipeKind):
 
         return build_weights(self, sources)
 
+    @property
+    def in_place(self) -> bool:
+        """Over model sources every floating tensor merges with ``params``; MASS routing needs a module of its own."""
+        return self.mass is None or not self.mass.enabled
+
+    def resolver(self, layers: int) -> Callable[[str], MergeParams | None]:
+        """The same parsed ``params`` for every tensor (a DARE seed defaults to the recipe's)."""
+        m = MERGE_METHODS.get(self.method)
+        parsed = m.parse({**({"seed": self.seed} if "seed" in m.Params.model_fields else {}), **self.params})
+        return lambda name: parsed
+
     def plan(self, source: str, out_dtype: torch.dtype | None, compute_dtype: torch.dtype,
              keep_embeddings_from: str | None) -> MergePlan:  # fmt: skip
         """``base + merge(tau_1..tau_T)`` by ``method``, tensor by tensor (:func:`~evomerge.recipe.stream.plan_recipe`)."""
         from evomerge.recipe.stream import plan_recipe
 
-        if self.mass is not None and self.mass.enabled:
+        if not self.in_place:
             raise ConfigError(source, "mass", "no MASS routing (it needs the whole model resident; export the run instead)")
-        params = dict(self.params)
-        if self.method == "dare":
-            params.setdefault("seed", self.seed)
-        return plan_recipe(self.method, self.base, self.models, params, None, out_dtype, compute_dtype, keep_embeddings_from)
+        return plan_recipe(self.method, self.base, self.models, self.resolver(0), None, out_dtype, compute_dtype,
+                           keep_embeddings_from)
 
 
 def parse_recipe(data: Any, source: str = "recipe", prefix: str = "") -> RecipeKind:

@@ -132,7 +132,7 @@ class ItemTaskSpec(Strict):
     seeded split (``seed``, ``val_fraction`` of the items without a ``split`` field go to ``val``); ``weight``
     and ``bank`` as for built-in tasks."""
 
-    name: Annotated[str, Field(min_length=1)]
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
     items: Path
     format: Union[dict[str, Any], Path]
     metric: str
@@ -271,7 +271,8 @@ class SearchSpace(Strict):
 
     @property
     def builtin_only(self) -> bool:
-        """Whether every model is a zoo id and every task a built-in dataset (all the evaluator takes so far)."""
+        """Whether every model is a zoo id and every task a built-in dataset (the zoo evaluator's spaces;
+        the others are searched over model sources)."""
         return all(isinstance(m, str) for m in self.models) and all(isinstance(t, TaskSpec) for t in self.tasks)
 
     @property
@@ -555,6 +556,28 @@ def check_recipes(space: SearchSpace) -> None:
             if _is_ref(node):
                 err.args = (f"{err.args[0]} (when gene '{node['gene']}' is {genome[node['gene']]!r})",)
             raise
+
+
+def check_searchable(space: SearchSpace) -> None:
+    """What the search's evaluators take, checked before any budget is spent: zoo ids on built-in
+    tasks, or else a space over model sources (:class:`~evomerge.recipe.source_evaluator.SourceEvaluator`):
+    every model a source entry, every task an item file, every recipe of a kind built in place."""
+    check_recipes(space)
+    if space.builtin_only:
+        return
+    for i, m in enumerate(space.models):
+        if isinstance(m, str):
+            raise ConfigError(space.source, f"models[{i}]", "a source entry ({name, source: hf, path: ...}) in a "
+                              "space with item-file tasks or other source entries", m)
+    for i, t in enumerate(space.tasks):
+        if not isinstance(t, ItemTaskSpec):
+            raise ConfigError(space.source, f"tasks[{i}]", "an item-file task ({name, items, format, metric}) "
+                              "in a space over model sources", t.name)
+    for genome in sample_genomes(space):
+        kind = parse_recipe(decode(space, genome), space.source, "recipe")
+        if not kind.in_place:
+            raise ConfigError(space.source, "recipe.kind", "a recipe kind built in place for a search over "
+                              "model sources (layerwise, or weights without MASS)", kind.kind)
 
 
 def check_weight_merge(space: SearchSpace, refs: list[tuple[str, str]], checked: set[tuple[str, str]]) -> None:

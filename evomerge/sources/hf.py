@@ -83,6 +83,7 @@ class HFSource(Source):
         """The model loaded by ``auto_class`` (default :attr:`auto_class`)."""
         import transformers
 
+        transformers.utils.logging.disable_progress_bar()  # one resident model per worker: no bars
         name = auto_class or self.auto_class
         loader = getattr(transformers, name, None)
         if loader is None or not hasattr(loader, "from_pretrained"):
