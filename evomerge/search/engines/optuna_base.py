@@ -109,7 +109,7 @@ class OptunaEngine(Engine):
         self.study.sampler = self._sampler(number)
         trial = self.study.ask()
         genome: dict[str, Any] = {}
-        for gene in self.space.genes:
+        for gene in self.space.scalar_genes:
             genome[gene.name] = suggest(trial, gene) if is_active(gene, genome) else None
         if self.journal:
             frozen = self.study.get_trials(deepcopy=False)[trial.number]
