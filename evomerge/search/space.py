@@ -2,10 +2,11 @@
 
 A space names the models and tasks, a ``recipe`` template whose ``{gene: NAME}``
 mappings are filled from a genome, the genes (categorical, int, float; optionally
-conditional through ``when``; an array gene with a ``shape`` fills a nested list, and engines
-see its elements ``NAME[i,j]`` as scalar genes, :attr:`SearchSpace.scalar_genes`), objectives, constraints, the engine, the budget, the
-fitness estimator and the resources. Every mistake becomes a :class:`ConfigError`
-naming the file, the field path (``genes[2].low``) and what was expected. The recipe template is
+conditional through ``when``; an array gene with a ``shape`` fills a nested list, its elements
+``NAME[i,j]`` being the scalar genes engines search, :attr:`SearchSpace.scalar_genes`),
+objectives, constraints, the engine, the budget, the fitness estimator and the resources. Every
+mistake becomes a :class:`ConfigError` naming the file, the field path (``genes[2].low``) and what
+was expected. The recipe template is
 checked at load too: decoded with sample genomes, each recipe must pass the recipe schema and name
 only the space's models (:func:`check_recipes`), so a typo fails before any candidate runs.
 
@@ -23,7 +24,7 @@ import itertools
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, Union
 
 import yaml
 from pydantic import (
@@ -62,18 +63,13 @@ class _GeneBase(Strict):
     #: an array gene's shape: ``{gene: NAME}`` decodes to a nested list of it
     shape: Annotated[list[Annotated[StrictInt, Field(ge=1)]], Field(min_length=1)] | None = None
 
-    def elements(self) -> list[Any]:
+    def elements(self) -> list[Self]:
         """The scalar genes engines see: this gene, or one per element of its shape, named
-        ``NAME[i,j,...]`` and carrying its bounds and ``when``."""
+        ``NAME[i,j,...]`` (``w[0,2,1]``) and carrying its bounds and ``when``."""
         if self.shape is None:
             return [self]
-        return [self.model_copy(update={"name": element_name(self.name, index), "shape": None})
+        return [self.model_copy(update={"name": f"{self.name}[{','.join(map(str, index))}]", "shape": None})
                 for index in itertools.product(*map(range, self.shape))]
-
-
-def element_name(name: str, index: tuple[int, ...]) -> str:
-    """The scalar gene name of one element of an array gene: ``w[0,2,1]``."""
-    return f"{name}[{','.join(map(str, index))}]"
 
 
 class CategoricalGene(_GeneBase):
@@ -518,9 +514,13 @@ def gene_values(space: SearchSpace, genome: Mapping[str, Any]) -> dict[str, Any]
     """Each declared gene's value in a genome of scalar genes: an array gene's is the nested list
     of its elements; an inactive gene's is None."""
     values = mask_inactive(space, genome)
-    return {g.name: values[g.name] if g.shape is None else
-            _nest([values[e.name] for e in g.elements()], g.shape) if is_active(g, values) else None
-            for g in space.genes}
+    out: dict[str, Any] = {}
+    for g in space.genes:
+        if g.shape is None:
+            out[g.name] = values[g.name]
+        else:
+            out[g.name] = _nest([values[e.name] for e in g.elements()], g.shape) if is_active(g, values) else None
+    return out
 
 
 def decode(space: SearchSpace, genome: Mapping[str, Any]) -> dict:
@@ -571,7 +571,8 @@ def sample_genomes(space: SearchSpace) -> list[dict[str, Any]]:
         for value in _samples(g):
             genome = dict(first)
             force(genome, g.name, value)
-            out.setdefault(repr(masked(genome)), masked(genome))
+            sample = masked(genome)
+            out.setdefault(repr(sample), sample)
     return list(out.values())
 
 

@@ -3,9 +3,10 @@
 DEAP's operators (``cxSimulatedBinaryBounded``, ``cxUniform``, ``mutGaussian``,
 ``mutUniformInt``, ``varAnd``, selections) do the evolution. Written by hand here,
 because DEAP has no such parts: the mapping between a mixed genome (categorical,
-int, float, log-scale, conditional) and a flat individual; splitting variation by
-gene type; generational batches fed through ask/tell; and running DEAP (which draws
-from the global ``random`` module) on the engine's own seeded, checkpointed stream.
+int, float, log-scale, conditional; array genes element by element) and a flat
+individual; splitting variation by gene type; generational batches fed through
+ask/tell; and running DEAP (which draws from the global ``random`` module) on the
+engine's own seeded, checkpointed stream.
 """
 
 from __future__ import annotations
