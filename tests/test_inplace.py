@@ -163,6 +163,9 @@ def test_a_grid_resolves_every_tensor_like_the_equivalent_list_of_groups(family,
     names = TensorSource(base).names()
     by_grid, by_groups = grid.resolver(LAYERS), groups.resolver(LAYERS)
     assert [by_grid(n) for n in names] == [by_groups(n) for n in names]
+    for r in (grid, groups):  # a dumped recipe (what an export manifest holds) parses back to the same cells
+        again = parse_layerwise(r.model_dump(mode="json")).resolver(LAYERS)
+        assert [again(n) for n in names] == [by_grid(n) for n in names]
     assert any(by_grid(n) is not None for n in names)
     if method != "ties":  # a filter left out of the grid keeps the base
         assert any(by_grid(n) is None for n in names)
