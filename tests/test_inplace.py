@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -9,6 +11,7 @@ from evomerge.errors import ConfigError, UserError
 from evomerge.io.tensors import TensorSource
 from evomerge.recipe.inplace import InPlaceBuilder
 from evomerge.recipe.layerwise import Cell, parse_layerwise, tensor_cell
+from evomerge.recipe.schema import parse_recipe
 from evomerge.recipe.stream import execute, plan_recipe
 from tests.llama_fixtures import save_llama_family
 
@@ -119,3 +122,81 @@ def test_building_a_then_b_then_a_gives_a_again(builder):
     builder.build(a)
     for name, t in builder.targets.items():
         assert torch.equal(t, first[name]), name
+
+
+GRID_CASES = {  # (grid form, the same cells as a list of groups)
+    "average": (
+        {"groups": 2, "filters": ["attention", "mlp"],
+         "grid": {"weights": [[[0.2, 0.8], [1, 3]], [[0.5, 0.5], [2, 1]]]}},
+        {"groups": [{"attention": {"weights": [0.2, 0.8]}, "mlp": {"weights": [1, 3]}},
+                    {"attention": {"weights": [0.5, 0.5]}, "mlp": {"weights": [2, 1]}}]},
+    ),
+    "ties": (
+        {"groups": 2, "grid": {"density": [[0.3, 0.7, None], [0.5, 0.4, 0.9]], "lam": [[1.1, 0.9, 1.0], [0.8, 1.2, 0.7]]},
+         "params": {"lam": 0.5}},
+        {"groups": [{"attention": {"density": 0.3, "lam": 1.1}, "mlp": {"density": 0.7, "lam": 0.9}, "rest": {"lam": 1.0}},
+                    {"attention": {"density": 0.5, "lam": 0.8}, "mlp": {"density": 0.4, "lam": 1.2},
+                     "rest": {"density": 0.9, "lam": 0.7}}],
+         "params": {"lam": 0.5}},
+    ),
+    "tsv": (
+        {"groups": 4, "filters": ["mlp"], "grid": {"rank": [[[2, 3]], [1], [None], [[1, 1]]]}, "params": {"alpha": 0.8}},
+        {"groups": [{"mlp": {"rank": [2, 3]}}, {"mlp": {"rank": 1}}, {"mlp": {}}, {"mlp": {"rank": [1, 1]}}],
+         "params": {"alpha": 0.8}},
+    ),
+    "dare": (
+        {"groups": 1, "filters": ["rest", "attention"], "grid": {"p": [[0.1, 0.6]]}, "seed": 3},
+        {"groups": [{"rest": {"p": 0.1}, "attention": {"p": 0.6}}], "seed": 3},
+    ),
+}
+
+
+def form(method: str, which: int) -> dict:
+    """The GRID_CASES recipe of ``method`` in grid form (0) or as a list of groups (1), a fresh copy."""
+    return copy.deepcopy({**recipe(method, []), **GRID_CASES[method][which]})
+
+
+@pytest.mark.parametrize("method", list(GRID_CASES))
+def test_a_grid_resolves_every_tensor_like_the_equivalent_list_of_groups(family, method):
+    _, base, _ = family
+    grid, groups = parse_layerwise(form(method, 0)), parse_layerwise(form(method, 1))
+    names = TensorSource(base).names()
+    by_grid, by_groups = grid.resolver(LAYERS), groups.resolver(LAYERS)
+    assert [by_grid(n) for n in names] == [by_groups(n) for n in names]
+    for r in (grid, groups):  # a dumped recipe (what an export manifest holds) parses back to the same cells
+        again = parse_layerwise(r.model_dump(mode="json")).resolver(LAYERS)
+        assert [again(n) for n in names] == [by_grid(n) for n in names]
+    assert any(by_grid(n) is not None for n in names)
+    if method != "ties":  # a filter left out of the grid keeps the base
+        assert any(by_grid(n) is None for n in names)
+
+
+@pytest.mark.parametrize(("edit", "field", "expected"), [
+    ({"grid": {"weights": [[[0.2, 0.8], [1, 3]]]}}, "grid.weights", "a list of 2 entries (one per layer group)"),
+    ({"grid": {"weights": [[[0.2, 0.8], [1, 3]], [[0.5, 0.5]]]}}, "grid.weights[1]",
+     "a list of 2 entries (one per filter: attention, mlp)"),
+    ({"grid": {"weights": [[[0.2, 0.8], [1, 3]], [[0.5, 0.5], 2]]}}, "grid.weights[1][1]",
+     "a list of 2 values (one per model)"),
+    ({"grid": {"weights": [[[0.2, 0.8], [1, 3]], [[0.5, 0.5, 1], [2, 1]]]}}, "grid.weights[1][0]",
+     "a list of 2 values (one per model)"),
+    ({"grid": {"weights": [[[0.2, 0.8], [1, 3]], [[0.5, "x"], [2, 1]]]}}, "grid.weights[1][0]", "a valid number"),
+    ({"grid": {"wieghts": [[1, 1], [1, 1]]}}, "grid.wieghts", "a parameter of method 'average' (weights)"),
+    ({"filters": ["mlp", "mlp"]}, "filters[1]", "a filter listed once"),
+    ({"filters": ["mlp", "ffn"]}, "filters[1]", "'attention', 'mlp' or 'rest'"),
+    ({"groups": 0}, "groups", "a list of layer groups, or the number of layer groups of a grid"),
+    ({"groups": [{"mlp": {}}]}, "grid", "no grid beside a list of groups"),
+])
+def test_grid_mistakes_name_the_path(edit, field, expected):
+    data = {"kind": "layerwise", **form("average", 0)}
+    data.update(edit)
+    with pytest.raises(ConfigError) as info:
+        parse_recipe(data, "space.yaml", "recipe")
+    assert info.value.field == f"recipe.{field}" and expected in info.value.expected, str(info.value)
+
+
+def test_rank_takes_one_value_or_one_per_model_in_a_grid():
+    data = form("tsv", 0)
+    data["grid"]["rank"][1] = [[1, 2, 3]]
+    with pytest.raises(ConfigError) as info:
+        parse_layerwise(data)
+    assert info.value.field == "grid.rank[1][0]" and info.value.expected == "one value or a list of 2 values (one per model)"

@@ -62,6 +62,22 @@ def test_optuna_searches_run_and_resume_with_data_only(tmp_path, engine):
         json.loads(line)
 
 
+@pytest.mark.parametrize("engine", ["optuna_tpe", "deap_ga"])
+def test_a_run_with_array_genes_resumes_from_its_folder(tmp_path, engine):
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        search(toy_space(engine, evaluations=12, array=True), run, InterruptOnce())
+    space = load_space(run / "space.yaml")
+    assert [g.name for g in space.genes] == ["x", "method", "rank", "lam", "cells", "pick"]
+    assert dump_space(space) == (run / "space.yaml").read_text()
+    ev = resume(run, 14)
+    assert ev.calls[0] == "c00005"
+    recs = records(run)
+    assert [r["id"] for r in recs] == [candidate_id(i) for i in range(14)]
+    for r in recs:
+        assert "x[2]" in r["genome"] and len(r["recipe"]["x"]) == 3 and r["recipe"]["x"][2] == r["genome"]["x[2]"]
+
+
 def test_a_pickle_in_the_run_folder_is_never_unpickled(tmp_path, fake_cli, capsys):
     run, marker = tmp_path / "run", tmp_path / "unpickled"
     space_file = tmp_path / "toy.yaml"

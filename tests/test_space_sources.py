@@ -13,7 +13,9 @@ import yaml
 
 from evomerge.cli import main
 from evomerge.commands.search import item_ids
-from evomerge.search.space import ItemTaskSpec, dump_space, load_space, with_overrides
+from evomerge.core.merge.task_arithmetic import TaskArithmeticParams
+from evomerge.recipe.schema import parse_recipe
+from evomerge.search.space import ItemTaskSpec, decode, dump_space, load_space, with_overrides
 from tests.llama_fixtures import save_llama_family, tiny_llama_config
 from tests.lm_tiny import char_tokenizer, tiny_bert_classifier
 
@@ -104,6 +106,28 @@ def test_format_file_and_layerwise_recipe_load(tmp_path, models):
     assert sum(i.split == "val" for i in space.tasks[0].item_set) == 3
 
 
+def grid_recipe(d: dict, shape: list[int]) -> None:
+    """A layer-wise grid over 2 groups x (attention, mlp) whose per-model weights are array gene ``w``."""
+    d["recipe"] = {"kind": "layerwise", "base": "base", "models": ["ft0", "ft1"], "method": "task_arithmetic",
+                   "groups": 2, "filters": ["attention", "mlp"], "grid": {"weights": {"gene": "w"}},
+                   "params": {"lam": {"gene": "lam"}}}
+    d["genes"].append({"name": "w", "type": "float", "low": 0.1, "high": 0.9, "shape": shape})
+
+
+def test_an_array_gene_feeds_a_layerwise_grid(tmp_path, models):
+    space = load_space(write_space(tmp_path, models, lambda d: grid_recipe(d, [2, 2, 2])))
+    assert [g.name for g in space.scalar_genes][:3] == ["lam", "w[0,0,0]", "w[0,0,1]"]
+    assert len(space.scalar_genes) == 9
+    genome = {"lam": 0.5, **{f"w[{g},{f},{t}]": round(0.1 * (1 + 4 * g + 2 * f + t), 1)
+                             for g in range(2) for f in range(2) for t in range(2)}}
+    recipe = decode(space, genome)
+    assert recipe["grid"]["weights"] == [[[0.1, 0.2], [0.3, 0.4]], [[0.5, 0.6], [0.7, 0.8]]]
+    resolve = parse_recipe(recipe).resolver(4)  # the family has 4 layers: group 1 holds layers 2 and 3
+    assert resolve("model.layers.3.self_attn.q_proj.weight") == TaskArithmeticParams(lam=0.5, weights=[0.5, 0.6])
+    assert resolve("model.layers.0.mlp.up_proj.weight") == TaskArithmeticParams(lam=0.5, weights=[0.3, 0.4])
+    assert resolve("model.layers.0.input_layernorm.weight") is None  # rest is not in the grid's filters
+
+
 def test_vocabulary_mismatch_is_accepted_with_backbone_only(tmp_path, models):
     space = load_space(write_space(tmp_path, models, lambda d: (model(d, 2, path="models/wide"),
                                                                  d.update(backbone_only=True))))
@@ -122,6 +146,10 @@ BAD = {
     "zoo-model-for-text": (lambda d: d["models"].append("mlp-digits"), "models[3]", "task 'mc' (multiple_choice)"),
     "architectures": (lambda d: model(d, 1, path="models/bert"), "recipe.models[0]", "different architectures"),
     "vocabularies": (lambda d: model(d, 2, path="models/wide"), "recipe.models[1]", "backbone_only: true"),
+    "array-gene-grid-shape": (lambda d: grid_recipe(d, [2, 2, 3]), "recipe.grid.weights[0][0]",
+                              "a list of 2 values (one per model), got [0.1, 0.1, 0.1] (when every element of gene 'w' is 0.1)"),
+    "array-gene-grid-groups": (lambda d: grid_recipe(d, [3, 2, 2]), "recipe.grid.weights",
+                               "a list of 2 entries (one per layer group)"),
     "backbone-only-not-bool": (lambda d: d.update(backbone_only="yes"), "backbone_only", "a valid boolean"),
     "missing-item-file": (lambda d: task(d, items="nothing.jsonl"), "tasks[0].items", "an existing item file"),
     "unknown-format": (lambda d: task(d, format={"type": "ranking"}), "tasks[0].format.type",

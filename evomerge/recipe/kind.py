@@ -40,9 +40,12 @@ class Strict(settings.Strict):
         return _drop_nulls(data) if isinstance(data, dict) else data
 
 
-def _drop_nulls(params: dict[str, Any] | None) -> dict[str, Any]:
-    """Inactive conditional genes decode to null: a null parameter means 'use the default'."""
-    return {k: v for k, v in (params or {}).items() if v is not None}
+def _drop_nulls(params: Any) -> Any:
+    """Inactive conditional genes decode to null: a null parameter means 'use the default' (a value
+    that is not a mapping is left to the field's type check)."""
+    if not isinstance(params, dict):
+        return {} if params is None else params
+    return {k: v for k, v in params.items() if v is not None}
 
 
 class RecipeKind(Strict):

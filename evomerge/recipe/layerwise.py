@@ -14,17 +14,23 @@ the last slice's parameters.
 Each cell ``(group, filter)`` holds the method's parameters (``density``, ``lam``, per-task
 ``weights``, a TSV ``rank`` ...; per-model values are the lists the method takes); ``params`` gives
 defaults shared by every cell. A cell left out keeps its tensors at the base.
+
+The cells come as a list (``groups[g].attention`` ...) or as a grid: ``groups: G`` with ``grid``
+mapping each parameter to a nested list of shape ``[G][len(filters)]`` (a per-model value adds a
+``[len(models)]`` axis), over ``filters`` (default all three; a filter left out keeps the base). The
+grid is what an array gene fills; it expands into the same cells the list gives.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Annotated, Any, ClassVar, Literal, NamedTuple
+from collections.abc import Callable, Iterable, Iterator
+from types import UnionType
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple, Union, get_args, get_origin
 
 import torch
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from evomerge.core.merge import MERGE_METHODS, MergeParams
+from evomerge.core.merge import MERGE_METHODS, MergeMethod, MergeParams
 from evomerge.errors import ConfigError, FieldIssue, UserError, config_error
 from evomerge.io.tensors import TensorSource
 from evomerge.recipe.kind import RECIPE_KINDS, RecipeKind, Strict, _drop_nulls
@@ -79,32 +85,84 @@ class LayerwiseRecipe(RecipeKind):
     base: str
     models: Annotated[list[str], Field(min_length=1)]
     method: str
-    groups: Annotated[list[LayerGroup], Field(min_length=1)]
+    #: the cells group by group, or the number of layer groups of ``grid``
+    groups: Union[Annotated[list[LayerGroup], Field(min_length=1)], int]
+    grid: dict[str, Any] = {}
+    filters: Annotated[list[Filter], Field(min_length=1)] = list(FILTERS)
     params: dict[str, Any] = {}
     tensorwise: ClassVar[bool] = True
 
     _cells: dict[Cell, MergeParams] = PrivateAttr(default_factory=dict)
-    _clean = field_validator("params", mode="before")(_drop_nulls)
+    _clean = field_validator("params", "grid", mode="before")(_drop_nulls)
+
+    @field_validator("groups", mode="before")
+    @classmethod
+    def _groups_form(cls, value: Any) -> Any:
+        if isinstance(value, list) or (type(value) is int and value >= 1):
+            return value
+        raise FieldIssue("", "a list of layer groups, or the number of layer groups of a grid (an int >= 1)", value)
+
+    @property
+    def num_groups(self) -> int:
+        """``G``, the number of layer groups."""
+        return self.groups if isinstance(self.groups, int) else len(self.groups)
 
     @model_validator(mode="after")
     def _parse_cells(self) -> LayerwiseRecipe:
-        """Every cell's parameters, validated by the method (a bad one names ``groups[g].filter.field``)."""
+        """Every cell's parameters, validated by the method (a bad one names ``groups[g].filter.field``,
+        or ``grid.field[g][f]``)."""
         if self.method not in MERGE_METHODS:
             raise FieldIssue("method", f"a merge method ({', '.join(MERGE_METHODS.names())})", self.method)
         m = MERGE_METHODS.get(self.method)
         shared = dict(self.params)
         if "seed" in m.Params.model_fields:
             shared.setdefault("seed", self.seed)
+        cells = self._list_cells() if isinstance(self.groups, list) else self._grid_cells(m)
+        for cell, params, path in cells:
+            try:
+                self._cells[cell] = m.parse({**shared, **params})
+            except ConfigError as e:
+                raise FieldIssue(path(e.field), e.expected, e.got) from None
+        return self
+
+    def _list_cells(self) -> Iterator[tuple[Cell, dict[str, Any], Callable[[str], str]]]:
+        """The cells ``groups`` lists, each with the path of a field in it (a grid, or filters other than
+        the default, take ``groups: G``)."""
+        for field, given in (("grid", bool(self.grid)), ("filters", self.filters != list(FILTERS))):
+            if given:
+                raise FieldIssue(field, f"no {field} beside a list of groups (a grid takes groups: G, the number "
+                                 "of layer groups)", getattr(self, field))
         for g, group in enumerate(self.groups):
             for f in FILTERS:
                 cell = getattr(group, f)
-                if cell is None:
-                    continue
-                try:
-                    self._cells[Cell(g, f)] = m.parse({**shared, **cell})
-                except ConfigError as e:
-                    raise FieldIssue(f"groups[{g}].{f}.{e.field}", e.expected) from None
-        return self
+                if cell is not None:
+                    yield Cell(g, f), cell, lambda field, g=g, f=f: f"groups[{g}].{f}.{field}"
+
+    def _grid_cells(self, m: MergeMethod) -> Iterator[tuple[Cell, dict[str, Any], Callable[[str], str]]]:
+        """The cells of ``grid`` over ``filters``, each with the path of a field in it; the grid's
+        parameters and shape are checked first (``grid.weights[1][0]``: one value per model)."""
+        G, models, fields = self.groups, len(self.models), m.Params.model_fields
+        for i, f in enumerate(self.filters):
+            if f in self.filters[:i]:
+                raise FieldIssue(f"filters[{i}]", "a filter listed once", f)
+        for name, value in self.grid.items():
+            if name not in fields:
+                raise FieldIssue(f"grid.{name}", f"a parameter of method '{self.method}' ({', '.join(fields)})", name)
+            per_model = _list_only(fields[name].annotation)
+            if not _is_list(value, G):
+                raise FieldIssue(f"grid.{name}", f"a list of {G} entries (one per layer group)", value)
+            for g, row in enumerate(value):
+                if not _is_list(row, len(self.filters)):
+                    raise FieldIssue(f"grid.{name}[{g}]", f"a list of {len(self.filters)} entries (one per filter: "
+                                     f"{', '.join(self.filters)})", row)
+                for i, v in enumerate(row):
+                    if v is not None and (per_model or isinstance(v, list)) and not _is_list(v, models):
+                        raise FieldIssue(f"grid.{name}[{g}][{i}]", f"{'' if per_model else 'one value or '}a list of "
+                                         f"{models} values (one per model)", v)
+        for g in range(G):
+            for i, f in enumerate(self.filters):
+                cell = _drop_nulls({name: value[g][i] for name, value in self.grid.items()})
+                yield Cell(g, f), cell, lambda field, g=g, i=i: _grid_path(field, g, i, self.grid)
 
     @property
     def in_place(self) -> bool:
@@ -112,9 +170,10 @@ class LayerwiseRecipe(RecipeKind):
 
     def resolver(self, layers: int) -> Callable[[str], MergeParams | None]:
         """Tensor name -> its cell's parsed parameters (None: keep the base), for ``layers`` layers."""
-        if len(self.groups) > layers:
-            raise ConfigError("layer-wise recipe", "groups", f"at most {layers} groups (the model's layers)", len(self.groups))
-        return lambda name: self._cells.get(tensor_cell(name, layers, len(self.groups)))
+        groups = self.num_groups
+        if groups > layers:
+            raise ConfigError("layer-wise recipe", "groups", f"at most {layers} groups (the model's layers)", groups)
+        return lambda name: self._cells.get(tensor_cell(name, layers, groups))
 
     def model_refs(self) -> list[tuple[str, str]]:
         return [("base", self.base), *((f"models[{i}]", m) for i, m in enumerate(self.models))]
@@ -125,6 +184,22 @@ class LayerwiseRecipe(RecipeKind):
         layers = num_layers(TensorSource(self.base).names())
         return plan_recipe(self.method, self.base, self.models, self.resolver(layers), None, out_dtype, compute_dtype,
                            keep_embeddings_from)  # fmt: skip
+
+
+def _is_list(value: Any, length: int) -> bool:
+    return isinstance(value, list) and len(value) == length
+
+
+def _list_only(annotation: Any) -> bool:
+    """Whether a method parameter's type takes only lists (a per-model parameter such as ``weights``)."""
+    options = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+    return all(get_origin(a) is list or a is type(None) for a in options)
+
+
+def _grid_path(field: str, g: int, i: int, grid: dict[str, Any]) -> str:
+    """Where a method's error about parameter ``field`` in grid cell ``(g, i)`` points: the grid
+    entry when ``grid`` gives that parameter, else the shared ``params``."""
+    return f"grid.{field}[{g}][{i}]" if field in grid else f"params.{field}"
 
 
 def parse_layerwise(data: Any, source: str = "recipe") -> LayerwiseRecipe:

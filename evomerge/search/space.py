@@ -2,9 +2,11 @@
 
 A space names the models and tasks, a ``recipe`` template whose ``{gene: NAME}``
 mappings are filled from a genome, the genes (categorical, int, float; optionally
-conditional through ``when``), objectives, constraints, the engine, the budget, the
-fitness estimator and the resources. Every mistake becomes a :class:`ConfigError`
-naming the file, the field path (``genes[2].low``) and what was expected. The recipe template is
+conditional through ``when``; an array gene with a ``shape`` fills a nested list, its elements
+``NAME[i,j]`` being the scalar genes engines search, :attr:`SearchSpace.scalar_genes`),
+objectives, constraints, the engine, the budget, the fitness estimator and the resources. Every
+mistake becomes a :class:`ConfigError` naming the file, the field path (``genes[2].low``) and what
+was expected. The recipe template is
 checked at load too: decoded with sample genomes, each recipe must pass the recipe schema and name
 only the space's models (:func:`check_recipes`), so a typo fails before any candidate runs.
 
@@ -18,10 +20,11 @@ merge over Hugging Face sources is checked for one architecture and one vocabula
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, Union
 
 import yaml
 from pydantic import (
@@ -57,6 +60,16 @@ Probability = Annotated[float, Field(ge=0, le=1)]
 class _GeneBase(Strict):
     name: Annotated[str, Field(min_length=1)]
     when: dict[str, Union[Scalar, list[Scalar]]] | None = None
+    #: an array gene's shape: ``{gene: NAME}`` decodes to a nested list of it
+    shape: Annotated[list[Annotated[StrictInt, Field(ge=1)]], Field(min_length=1)] | None = None
+
+    def elements(self) -> list[Self]:
+        """The scalar genes engines see: this gene, or one per element of its shape, named
+        ``NAME[i,j,...]`` (``w[0,2,1]``) and carrying its bounds and ``when``."""
+        if self.shape is None:
+            return [self]
+        return [self.model_copy(update={"name": f"{self.name}[{','.join(map(str, index))}]", "shape": None})
+                for index in itertools.product(*map(range, self.shape))]
 
 
 class CategoricalGene(_GeneBase):
@@ -253,11 +266,17 @@ class SearchSpace(Strict):
     resources: Resources = Resources()
     _source: str = PrivateAttr(default="<space>")
     _sources: dict[str, Source] = PrivateAttr(default_factory=dict)
+    _scalar_genes: list[CategoricalGene | IntGene | FloatGene] = PrivateAttr(default_factory=list)
 
     @property
     def source(self) -> str:
         """The file this space was loaded from (for error messages)."""
         return self._source
+
+    @property
+    def scalar_genes(self) -> list[CategoricalGene | IntGene | FloatGene]:
+        """The genes engines search, in order: each scalar gene, and each element of an array gene."""
+        return self._scalar_genes
 
     @property
     def model_names(self) -> list[str]:
@@ -403,6 +422,8 @@ class SearchSpace(Strict):
                     raise FieldIssue(path, f"a gene defined before '{g.name}' (one of: {', '.join(earlier) or 'none'})", ref)
                 if isinstance(other, FloatGene):
                     raise FieldIssue(path, "a condition on a categorical or int gene, not a float gene", ref)
+                if other.shape is not None:
+                    raise FieldIssue(path, "a condition on a scalar gene, not an array gene", ref)
                 for v in val if isinstance(val, list) else [val]:
                     if not other.allows(v):
                         raise FieldIssue(path, f"a value gene '{ref}' can take", v)
@@ -415,6 +436,14 @@ class SearchSpace(Strict):
         for i, g in enumerate(self.genes):
             if g.name not in used:
                 raise FieldIssue(f"genes[{i}].name", "a gene used in the recipe template or in a 'when' condition", g.name)
+        scalar: dict[str, CategoricalGene | IntGene | FloatGene] = {}
+        for i, g in enumerate(self.genes):
+            for e in g.elements():
+                if e.name in scalar:
+                    raise FieldIssue(f"genes[{i}].name", f"a gene whose scalar name '{e.name}' no other gene "
+                                     "takes (an array gene's elements are named NAME[i,j,...])", g.name)
+                scalar[e.name] = e
+        self._scalar_genes = list(scalar.values())
 
 
 def _unique(field: str, names: list[str], sub: str | list[str] = "") -> None:
@@ -463,9 +492,10 @@ def is_active(gene: CategoricalGene | IntGene | FloatGene, genome: Mapping[str, 
 
 
 def mask_inactive(space: SearchSpace, genome: Mapping[str, Any]) -> dict[str, Any]:
-    """Every gene's value, None for the inactive ones (gene order resolves chains of conditions)."""
+    """Every scalar gene's value (array genes element by element), None for the inactive ones
+    (gene order resolves chains of conditions)."""
     out: dict[str, Any] = {}
-    for g in space.genes:
+    for g in space.scalar_genes:
         active = is_active(g, out)
         out[g.name] = genome.get(g.name) if active else None
         if active and out[g.name] is None:
@@ -473,9 +503,31 @@ def mask_inactive(space: SearchSpace, genome: Mapping[str, Any]) -> dict[str, An
     return out
 
 
-def decode(space: SearchSpace, genome: Mapping[str, Any]) -> dict:
-    """The recipe for ``genome``: template references replaced, inactive genes as null."""
+def _nest(flat: list[Any], shape: list[int]) -> list[Any]:
+    """A flat row-major list as nested lists of ``shape``."""
+    if len(shape) == 1:
+        return flat
+    size = len(flat) // shape[0]
+    return [_nest(flat[i * size:(i + 1) * size], shape[1:]) for i in range(shape[0])]
+
+
+def gene_values(space: SearchSpace, genome: Mapping[str, Any]) -> dict[str, Any]:
+    """Each declared gene's value in a genome of scalar genes: an array gene's is the nested list
+    of its elements; an inactive gene's is None."""
     values = mask_inactive(space, genome)
+    out: dict[str, Any] = {}
+    for g in space.genes:
+        if g.shape is None:
+            out[g.name] = values[g.name]
+        else:
+            out[g.name] = _nest([values[e.name] for e in g.elements()], g.shape) if is_active(g, values) else None
+    return out
+
+
+def decode(space: SearchSpace, genome: Mapping[str, Any]) -> dict:
+    """The recipe for ``genome`` (scalar genes, array elements included): template references
+    replaced, an array gene by its nested list, inactive genes as null."""
+    values = gene_values(space, genome)
 
     def fill(node: Any) -> Any:
         if _is_ref(node):
@@ -498,10 +550,10 @@ def _samples(gene: CategoricalGene | IntGene | FloatGene) -> list[Any]:
 
 
 def sample_genomes(space: SearchSpace) -> list[dict[str, Any]]:
-    """Deterministic genomes (inactive genes None) in which every gene takes each of its sample
-    values while active (its conditions made true where they can be); a conditional gene is also
-    inactive wherever a sample value of a gene it depends on makes it so. Other genes take their
-    first sample value."""
+    """Deterministic genomes of scalar genes (inactive genes None) in which every gene takes each of
+    its sample values while active (its conditions made true where they can be); a conditional gene
+    is also inactive wherever a sample value of a gene it depends on makes it so. Other genes take
+    their first sample value. An array gene is one unit: all its elements take each value together."""
     genes = {g.name: g for g in space.genes}
     first = {g.name: _samples(g)[0] for g in space.genes}
 
@@ -512,20 +564,26 @@ def sample_genomes(space: SearchSpace) -> list[dict[str, Any]]:
             if genome[ref] not in allowed:
                 force(genome, ref, allowed[0])
 
-    out = {repr(mask_inactive(space, first)): mask_inactive(space, first)}
+    def masked(genome: dict[str, Any]) -> dict[str, Any]:
+        return mask_inactive(space, {e.name: genome[g.name] for g in space.genes for e in g.elements()})
+
+    out = {repr(masked(first)): masked(first)}
     for g in space.genes:
         for value in _samples(g):
             genome = dict(first)
             force(genome, g.name, value)
-            masked = mask_inactive(space, genome)
-            out.setdefault(repr(masked), masked)
+            sample = masked(genome)
+            out.setdefault(repr(sample), sample)
     return list(out.values())
 
 
 def _template_node(template: Any, field: str) -> Any:
-    """The template's node at a field path such as ``recipe.branches[0].fit.items`` (None if absent)."""
+    """The template's node at a field path such as ``recipe.branches[0].fit.items`` (None if absent);
+    a gene reference on the way (the path goes on inside an array gene's value) is the node."""
     node: Any = {"recipe": template}
     for key, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", field):
+        if _is_ref(node):
+            break
         if index and isinstance(node, list) and int(index) < len(node):
             node = node[int(index)]
         elif key and isinstance(node, dict) and key in node:
@@ -554,7 +612,9 @@ def check_recipes(space: SearchSpace) -> None:
         except ConfigError as err:
             node = _template_node(space.recipe, err.field)
             if _is_ref(node):
-                err.args = (f"{err.args[0]} (when gene '{node['gene']}' is {genome[node['gene']]!r})",)
+                gene = next(g for g in space.genes if g.name == node["gene"])
+                which = f"every element of gene '{gene.name}'" if gene.shape else f"gene '{gene.name}'"
+                err.args = (f"{err.args[0]} (when {which} is {genome[gene.elements()[0].name]!r})",)
             raise
 
 

@@ -1,7 +1,8 @@
 """Shared machinery of the Optuna engines: a study driven through ``ask``/``tell``.
 
-Genes are suggested define-by-run, so a conditional gene is suggested only when
-its ``when`` conditions hold. The study lives in memory. With a state directory
+Genes are suggested define-by-run (an array gene element by element, as the
+space's ``scalar_genes``), so a conditional gene is suggested only when its
+``when`` conditions hold. The study lives in memory. With a state directory
 every ask (trial number, params, distributions, and the sampler's trial and study
 attributes named in ``journal_attrs``, plain data) and every tell (values) is
 appended as one JSON line to ``<run>/optuna_trials.jsonl``; a reopened engine
@@ -109,7 +110,7 @@ class OptunaEngine(Engine):
         self.study.sampler = self._sampler(number)
         trial = self.study.ask()
         genome: dict[str, Any] = {}
-        for gene in self.space.genes:
+        for gene in self.space.scalar_genes:
             genome[gene.name] = suggest(trial, gene) if is_active(gene, genome) else None
         if self.journal:
             frozen = self.study.get_trials(deepcopy=False)[trial.number]
