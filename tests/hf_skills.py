@@ -89,7 +89,7 @@ def lm_pair(root: Path, seed: int = 0, steps: int = 150) -> dict[str, Path]:
         for i, w in enumerate(test_words):
             tag, k = SKILLS[list(SKILLS)[i % 2]]
             choices = [shift(w, k), shift(w, -k), shift(w, 2 * k), w]
-            mc.write(json.dumps({"question": f"{tag} {w}=", "choices": choices, "answer": 0}) + "\n")
+            mc.write(json.dumps({"id": f"mc-{i}", "question": f"{tag} {w}=", "choices": choices, "answer": 0}) + "\n")
             gen.write(json.dumps({"prompt": f"{tag} {w}=", "target": shift(w, k)}) + "\n")
     return paths
 

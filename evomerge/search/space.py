@@ -633,11 +633,26 @@ def check_searchable(space: SearchSpace) -> None:
         if not isinstance(t, ItemTaskSpec):
             raise ConfigError(space.source, f"tasks[{i}]", "an item-file task ({name, items, format, metric}) "
                               "in a space over model sources", t.name)
+    if space.fitness.estimator != "full":
+        check_banks_match_items(space)
     for genome in sample_genomes(space):
         kind = parse_recipe(decode(space, genome), space.source, "recipe")
         if not kind.in_place:
             raise ConfigError(space.source, "recipe.kind", "a recipe kind built in place for a search over "
                               "model sources (layerwise, or weights without MASS)", kind.kind)
+
+
+def check_banks_match_items(space: SearchSpace) -> None:
+    """Each item-file task's bank holds the task's validation items with the prompts it was calibrated
+    on (:func:`~evomerge.fitness.bank.check_items`: exit 2 naming the items that differ)."""
+    from evomerge.fitness.bank import check_items, load_bank
+    from evomerge.items import prompt_hash
+
+    banks = space.task_banks()
+    for t in space.tasks:
+        if isinstance(t, ItemTaskSpec) and banks[t.name] is not None:
+            items = t.item_set.split("val")
+            check_items(load_bank(banks[t.name]), banks[t.name], {i.id: prompt_hash(i) for i in items})
 
 
 def check_weight_merge(space: SearchSpace, refs: list[tuple[str, str]], checked: set[tuple[str, str]]) -> None:
