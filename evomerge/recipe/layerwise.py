@@ -123,6 +123,12 @@ class LayerwiseRecipe(RecipeKind):
         return plan_recipe(self.method, self.base, self.models, self.resolver(layers), None, out_dtype, compute_dtype,
                            keep_embeddings_from)  # fmt: skip
 
+    def mergekit_config(self) -> dict[str, Any]:
+        """One mergekit slice per layer group (:func:`~evomerge.recipe.to_mergekit.task_vector_config`)."""
+        from evomerge.recipe.to_mergekit import task_vector_config
+
+        return task_vector_config(self.method, self.base, self.models, self._cells, len(self.groups))
+
 
 def parse_layerwise(data: Any, source: str = "recipe") -> LayerwiseRecipe:
     """Validate a layer-wise recipe; a ConfigError names ``source`` and the field path."""

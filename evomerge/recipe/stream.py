@@ -92,8 +92,11 @@ class MergePlan:
 
 
 # -- running a plan ----------------------------------------------------------------------------------
-def execute(plan: MergePlan, out: str | Path, max_shard_bytes: int, device: str = "cpu", progress: bool = True) -> Path:
-    """Run ``plan`` into the folder ``out`` (safetensors shards, config, tokenizer); returns ``out``."""
+def execute(plan: MergePlan, out: str | Path, max_shard_bytes: int, device: str = "cpu", progress: bool = True,
+            finish: Callable[[Path], None] | None = None) -> Path:
+    """Run ``plan`` into the folder ``out`` (safetensors shards, config, tokenizer); returns ``out``.
+    ``finish`` is called on the complete folder before it is renamed into place (e.g. to write a
+    manifest of its files), so a failure there leaves no output either."""
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {device}: no CUDA device is available here")
@@ -108,6 +111,8 @@ def execute(plan: MergePlan, out: str | Path, max_shard_bytes: int, device: str 
             writer.add(job.name, run_job(plan, job, dev))
         writer.finish()
         write_folder_files(plan, tmp)
+        if finish is not None:
+            finish(tmp)
     return out
 
 
