@@ -225,3 +225,13 @@ def test_evaluate_reproduces_the_record_and_refuses_a_changed_shard(family, tmp_
     assert main(["evaluate", str(tmp_path / "out0")]) == 2
     err = capsys.readouterr().err
     assert str(shard) in err and "sha256" in err and "Traceback" not in err
+
+
+def test_a_failure_while_writing_the_manifest_leaves_no_folder(family, tmp_path, monkeypatch):
+    import evomerge.search.hf_export as hf_export
+
+    run = make_run(tmp_path, family, RECIPES["task_arithmetic"])
+    monkeypatch.setattr(hf_export, "MANIFEST", "no/such/folder/manifest.json")  # the write fails after every shard
+    with pytest.raises(FileNotFoundError):
+        export(run, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial*"))

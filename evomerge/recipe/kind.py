@@ -75,7 +75,7 @@ class RecipeKind(Strict):
         data = self.model_dump(mode="json")
         for path, model in self.model_refs():
             if model not in models:
-                raise ConfigError(source, path, f"a model of {', '.join(models)}", model)
+                raise ConfigError(source, path, f"a model of {', '.join(models) or '(none)'}", model)
             *parents, leaf = path_steps(path)
             node = data
             for step in parents:
