@@ -68,9 +68,10 @@ def uses_hf_sources(space: SearchSpace, recipe: RecipeKind) -> bool:
     return any(isinstance(space.sources.get(m), HFSource) for _, m in recipe.model_refs())
 
 
-def export_hf(space: SearchSpace, record: dict[str, Any], run: Path, out: Path, options: WriteOptions) -> Path:
-    """Merge the candidate ``record`` of the run in ``run`` into ``out``; see the module docstring."""
-    recipe = _parsed(record, space)
+def export_hf(space: SearchSpace, record: dict[str, Any], recipe: RecipeKind, run: Path, out: Path,
+              options: WriteOptions) -> Path:  # fmt: skip
+    """Merge the candidate ``record`` (its recipe parsed: ``recipe``) of the run in ``run`` into ``out``;
+    see the module docstring."""
     sources: dict[str, HFSource] = {}
     for path, name in recipe.model_refs():
         source = space.sources.get(name)
@@ -101,12 +102,6 @@ def export_hf(space: SearchSpace, record: dict[str, Any], run: Path, out: Path, 
         (folder / MANIFEST).write_text(json.dumps(manifest | {"shards_sha256": shards}, indent=1) + "\n")
 
     return execute(plan, out, options.max_shard_bytes, options.device, options.progress, finish)
-
-
-def _parsed(record: dict[str, Any], space: SearchSpace) -> RecipeKind:
-    from evomerge.recipe.schema import parse_recipe
-
-    return parse_recipe(record["recipe"], f"{space.source} (candidate {record.get('id')})", "recipe")
 
 
 def _mergekit(recipe: RecipeKind, backbone_only: bool) -> dict[str, Any]:

@@ -41,8 +41,9 @@ def export_candidate(run_dir: str | Path, out: str | Path, candidate: str = "bes
     folder = RunFolder(run_dir)
     space = folder.load_space()
     record = find_candidate(folder, candidate)
-    if uses_hf_sources(space, parse_recipe(record["recipe"], str(folder.summary_path), "recipe")):
-        return export_hf(space, record, run_dir, out, options)
+    recipe = parse_recipe(record["recipe"], f"{folder.path} (candidate {record.get('id')})", "recipe")
+    if uses_hf_sources(space, recipe):
+        return export_hf(space, record, recipe, run_dir, out, options)
     zoo = Zoo(seed=space.zoo.seed)
     ids = recipe_models(record["recipe"])
     zoo.build(workers=1, ids=ids, progress=True)
