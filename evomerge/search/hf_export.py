@@ -90,16 +90,16 @@ def export_hf(space: SearchSpace, record: dict[str, Any], recipe: RecipeKind, ru
     manifest = {
         "format": HF_FORMAT, "candidate": record["id"], "run": str(run.resolve()), "space": space.name,
         "seed": space.seed, "recipe": recipe.model_dump(mode="json"), "recipe_paths": paths_json,
-        "backbone_only": space.backbone_only,
-        "sources": [{"name": n, "path": str(s.path), "architecture": s.architecture,
-                     "weights_sha256": {f.name: file_sha256(f) for f in s.tensors().files}} for n, s in sources.items()],
-        "fitness": {k: record.get(k) for k in ("objectives", "test_metrics", "full_test_accuracy")},
+        "backbone_only": space.backbone_only, "fitness": {k: record.get(k) for k in ("objectives", "test_metrics", "full_test_accuracy")},
         "mergekit": mergekit, "versions": library_versions(),
     }  # fmt: skip
 
-    def finish(folder: Path) -> None:
-        shards = {f.name: file_sha256(f) for f in sorted(folder.glob("*.safetensors"))}
-        (folder / MANIFEST).write_text(json.dumps(manifest | {"shards_sha256": shards}, indent=1) + "\n")
+    def finish(folder: Path) -> None:  # hashing inside the merge's folder: a taken --out fails before any of it
+        manifest["sources"] = [{"name": n, "path": str(s.path), "architecture": s.architecture,
+                                "weights_sha256": {f.name: file_sha256(f) for f in s.tensors().files}}
+                               for n, s in sources.items()]  # fmt: skip
+        manifest["shards_sha256"] = {f.name: file_sha256(f) for f in sorted(folder.glob("*.safetensors"))}
+        (folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
 
     return execute(plan, out, options.max_shard_bytes, options.device, options.progress, finish)
 
