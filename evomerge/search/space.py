@@ -21,7 +21,6 @@ merge over Hugging Face sources is checked for one architecture and one vocabula
 from __future__ import annotations
 
 import itertools
-import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, Union
@@ -43,6 +42,7 @@ from pydantic import (
 )
 
 from evomerge.errors import ConfigError, FieldIssue, UserError, config_error, read_text
+from evomerge.recipe.kind import path_steps
 from evomerge.recipe.schema import RECIPE_KINDS, parse_recipe
 from evomerge.settings import FitnessSettings, Resources, Seed, Strict, ZooSettings
 
@@ -581,13 +581,13 @@ def _template_node(template: Any, field: str) -> Any:
     """The template's node at a field path such as ``recipe.branches[0].fit.items`` (None if absent);
     a gene reference on the way (the path goes on inside an array gene's value) is the node."""
     node: Any = {"recipe": template}
-    for key, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", field):
+    for step in path_steps(field):
         if _is_ref(node):
             break
-        if index and isinstance(node, list) and int(index) < len(node):
-            node = node[int(index)]
-        elif key and isinstance(node, dict) and key in node:
-            node = node[key]
+        if isinstance(step, int) and isinstance(node, list) and step < len(node):
+            node = node[step]
+        elif isinstance(step, str) and isinstance(node, dict) and step in node:
+            node = node[step]
         else:
             return None
     return node
