@@ -13,27 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from evomerge.cli import main
+from examples.skill_pair import SPACE
 from tests.hf_skills import encoder_pair, lm_pair
-from tests.test_cli import run_cli
 
-LM_TASKS = [
-    {"name": "mc", "items": "mc.jsonl", "metric": "acc",
-     "format": {"type": "multiple_choice", "context": "question", "choices": "choices", "gold": "answer", "target_delimiter": ""}},
-    {"name": "gen", "items": "gen.jsonl", "metric": "exact_match",
-     "format": {"type": "generation", "until": ["\n"], "max_gen_toks": 6}},
-]
+LM_TASKS = SPACE["tasks"]
 ENCODER_TASKS = [{"name": "cls", "items": "cls.jsonl", "metric": "acc", "format": {"type": "classification", "input": "text"}}]
-
-#: Layer-wise TIES or TSV over 2 layer groups x 3 filters: TIES densities from an array gene (one per
-#: cell) and one lambda, or one TSV rank.
-LAYERWISE = {
-    "recipe": {"kind": "layerwise", "base": "base", "models": None, "method": {"gene": "method"}, "groups": 2,
-               "grid": {"density": {"gene": "density"}}, "params": {"lam": {"gene": "lam"}, "rank": {"gene": "rank"}}},
-    "genes": [{"name": "method", "type": "categorical", "choices": ["ties", "tsv"]},
-              {"name": "density", "type": "float", "low": 0.2, "high": 1.0, "shape": [2, 3], "when": {"method": "ties"}},
-              {"name": "lam", "type": "float", "low": 0.5, "high": 1.5, "when": {"method": "ties"}},
-              {"name": "rank", "type": "int", "low": 1, "high": 8, "when": {"method": "tsv"}}],
-}
 
 #: Loads the export with transformers alone, then scores the val items with evomerge's scorers.
 RESCORE = r"""
@@ -54,16 +39,11 @@ print(json.dumps(out))
 
 
 def write_space(root: Path, models: list[str], tasks: list[dict]) -> Path:
-    space = {
-        "name": root.name, "seed": 0,
-        "models": [{"name": m, "source": "hf", "path": m} for m in ["base", *models]],
-        "tasks": tasks,
-        "recipe": {**LAYERWISE["recipe"], "models": models},
-        "genes": LAYERWISE["genes"],
-        "objectives": [{"name": "acc", "metric": "accuracy", "direction": "max"}],
-        "engine": {"name": "optuna_tpe", "population": 4},
-        "budget": {"evaluations": 6},
-    }
+    """The worked example's space (layer-wise TIES with an array gene of densities, or TSV-M) over
+    ``base`` and ``models`` on ``tasks``, at a budget of 6."""
+    space = {**SPACE, "name": root.name, "models": [{"name": m, "source": "hf", "path": m} for m in ["base", *models]],
+             "tasks": tasks, "recipe": {**SPACE["recipe"], "models": models},
+             "engine": {"name": "optuna_tpe", "population": 4}, "budget": {"evaluations": 6}}
     path = root / "space.yaml"
     path.write_text(yaml.safe_dump(space, sort_keys=False))
     return path
@@ -75,29 +55,29 @@ def recorded_answers(run: Path, candidate: str) -> dict[str, list[int]]:
 
 
 def search_export_reload(root: Path, models: list[str], tasks: list[dict], auto: str) -> tuple[dict, dict, dict]:
-    space = write_space(root, models, tasks)
-    cache = str(root / "cache")
-    run = root / "run"
-    proc = run_cli("search", "--space", str(space), "--run-dir", str(run), "--no-progress", env_cache=cache)
-    assert proc.returncode == 0, proc.stderr
+    """``evomerge search`` then ``evomerge export`` (in this process), then the export re-scored in a fresh one."""
+    space, run, out = write_space(root, models, tasks), root / "run", root / "export"
+    assert main(["search", "--space", str(space), "--run-dir", str(run), "--no-progress"]) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["evaluations"] == 6 and summary["failed"] == 0
-    best = summary["best"]
-    out = root / "export"
-    proc = run_cli("export", str(run), "--out", str(out), env_cache=cache)
-    assert proc.returncode == 0, proc.stderr
+    assert main(["export", str(run), "--out", str(out), "--no-progress"]) == 0
     tasks_abs = [{**t, "items": str(root / t["items"])} for t in tasks]
     proc = subprocess.run([sys.executable, "-c", RESCORE, str(out), auto, json.dumps(tasks_abs)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.splitlines()[-1]), recorded_answers(run, best["id"]), best
+    return json.loads(proc.stdout.splitlines()[-1]), recorded_answers(run, summary["best"]["id"]), summary["best"]
 
 
 @pytest.fixture(scope="module")
 def lm_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("lm_pair")
-    lm_pair(root)
+    lm_pair(root, steps=60)
     return root
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EVOMERGE_CACHE", str(tmp_path / "cache"))
 
 
 def test_causal_lm_pair_search_export_reload_gives_the_recorded_answers(lm_root):
