@@ -620,7 +620,7 @@ def check_recipes(space: SearchSpace) -> None:
 
 def check_searchable(space: SearchSpace) -> None:
     """What the search's evaluators take, checked before any budget is spent: zoo ids on built-in
-    tasks, or else a space over model sources (:class:`~evomerge.recipe.source_evaluator.SourceEvaluator`):
+    tasks, or else a space over model sources (:class:`~evomerge.fitness.source_evaluator.SourceEvaluator`):
     every model a source entry, every task an item file, every recipe of a kind built in place."""
     check_recipes(space)
     if space.builtin_only:
