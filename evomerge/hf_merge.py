@@ -16,7 +16,7 @@ from typing import Any
 
 from evomerge.core.merge import KeyFilter
 from evomerge.errors import UserError
-from evomerge.io.writer import parse_size
+from evomerge.io.sizes import parse_size
 from evomerge.recipe.stream import execute, plan_recipe
 from evomerge.sources.hf import HFSource
 

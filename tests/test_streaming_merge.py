@@ -18,7 +18,8 @@ from evomerge.core.merge.generalized import generalized_task_arithmetic, linear
 from evomerge.core.merge.ties import elect_sign
 from evomerge.errors import UserError
 from evomerge.io.tensors import TensorSource
-from evomerge.io.writer import ShardedWriter, atomic_folder, parse_size
+from evomerge.io.sizes import parse_size
+from evomerge.io.writer import ShardedWriter, atomic_folder
 from llama_fixtures import save_llama_family
 
 

@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def add_write_options(p: argparse._ActionsContainer) -> None:
     """The options of how a streamed merge is written (:func:`write_options` reads them)."""
-    from evomerge.io.writer import DEFAULT_SHARD_SIZE
+    from evomerge.io.sizes import DEFAULT_SHARD_SIZE
 
     p.add_argument("--max-shard-size", default=DEFAULT_SHARD_SIZE,
                    help=f"byte budget per output shard, e.g. 5GB, 500MB, 2GiB [{DEFAULT_SHARD_SIZE}]")
@@ -44,7 +44,7 @@ def add_write_options(p: argparse._ActionsContainer) -> None:
 
 def write_options(args: argparse.Namespace) -> WriteOptions:
     """The options :func:`add_write_options` added, parsed (a bad size is a UserError naming the option)."""
-    from evomerge.io.writer import parse_size
+    from evomerge.io.sizes import parse_size
     from evomerge.recipe.stream import DTYPES, WriteOptions
 
     return WriteOptions(parse_size(args.max_shard_size), DTYPES[args.dtype] if args.dtype else None,

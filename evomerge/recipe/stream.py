@@ -38,7 +38,8 @@ from evomerge.core.merge.generalized import generalized_task_arithmetic, linear
 from evomerge.errors import ConfigError, UserError
 from evomerge.io.mergekit_config import ConditionalParameter, InputSlice, MergekitConfig, OutputSlice
 from evomerge.io.tensors import LAYER, TensorInfo, TensorSource, is_vocab_tensor
-from evomerge.io.writer import DEFAULT_SHARD_SIZE, ShardedWriter, atomic_folder, parse_size
+from evomerge.io.sizes import DEFAULT_SHARD_SIZE, parse_size
+from evomerge.io.writer import ShardedWriter, atomic_folder
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 #: Files copied from the tokenizer donor into the output folder, when present.
