@@ -81,8 +81,11 @@ def test_bad_runs_and_tasks(tmp_path):
     run = write_run(tmp_path / "r", [("c", [0], [True])])
     with pytest.raises(UserError, match="no responses for task 'digits/all'"):
         read_responses([run], "digits/all")
-    with pytest.raises(UserError, match="dataset/condition"):
-        items_filename("mnist1d", "val")
+    assert items_filename("mnist1d/all", "val") == "mnist1d__all__val.json"
+    assert items_filename("my-task.v2", "test") == "my-task.v2__test.json"  # an item-file task's name
+    for bad in ("a/b/c", "has space", ""):
+        with pytest.raises(UserError, match="dataset/condition' or a task name"):
+            items_filename(bad, "val")
     (run / "items" / items_filename("mnist1d/all", "val")).unlink()
     with pytest.raises(UserError, match="missing"):
         read_responses([run], "mnist1d/all")
