@@ -452,5 +452,8 @@ def test_options_belong_to_from_and_log_banks_are_not_run_banks(tmp_path, capsys
     raw = json.loads(bank.read_text())
     raw["sources"][0]["reader"] = "run"
     bank.write_text(json.dumps(raw))
+    assert load_bank(bank).item_ids == [i["id"] for i in raw["items"]]  # a run over an item file keeps its file's ids
+    raw["task"] = "mnist1d/all"  # a built-in task's runs name items dataset/condition/split/index/hash
+    bank.write_text(json.dumps(raw))
     with pytest.raises(ConfigError, match=r"items.0.id: expected a run's item id"):
         load_bank(bank)
