@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+from evomerge.cli import main
 from evomerge.data import load_task
 from evomerge.errors import UserError
 from evomerge.recipe.export import ExportWarning, load_exported, save_export
@@ -66,6 +67,14 @@ def cli_env(tmp_path_factory):
 
 def _cli(*args, env):
     return subprocess.run([sys.executable, "-m", "evomerge.cli", *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+def _evaluate(folder, capsys) -> subprocess.CompletedProcess:
+    """``evomerge evaluate FOLDER`` in this process (the session cache holds the sources), as a process result."""
+    capsys.readouterr()
+    code = main(["evaluate", str(folder)])
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(["evomerge", "evaluate"], code, out.out, out.err)
 
 
 def digits_space(tmp_path, budget=4, source_layers=("fc1", "fc2", "fc3")):
@@ -191,11 +200,11 @@ LIBRARY_ONLY = {"config-tasks", "manifest-without-hash"}
 
 
 @pytest.mark.parametrize("case", list(TAMPERED))
-def test_evaluate_rejects_a_tampered_export(verified_export, tmp_path, case):
+def test_evaluate_rejects_a_tampered_export(verified_export, tmp_path, case, capsys):
     edit, status, where, what = TAMPERED[case]
     folder = _tampered(verified_export, tmp_path / "model", edit)
     if case not in LIBRARY_ONLY:
-        proc = _cli("evaluate", str(folder), env=os.environ.copy())  # the session cache: the sources are built there
+        proc = _evaluate(folder, capsys)
         assert proc.returncode == status, proc.stderr
         assert where in proc.stderr and what in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
@@ -207,12 +216,12 @@ def test_evaluate_rejects_a_tampered_export(verified_export, tmp_path, case):
         assert json.loads(proc.stdout)[0]["items"] == len(load_task("digits", "all", "test", 0))
 
 
-def test_evaluate_accepts_an_untampered_export_and_warns_without_manifest(verified_export, tmp_path):
-    proc = _cli("evaluate", str(verified_export), env=os.environ.copy())
+def test_evaluate_accepts_an_untampered_export_and_warns_without_manifest(verified_export, tmp_path, capsys):
+    proc = _evaluate(verified_export, capsys)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)[0]["matches_record"] is True and "warning" not in proc.stderr
     folder = _tampered(verified_export, tmp_path / "model", lambda f: (f / "manifest.json").unlink())
-    proc = _cli("evaluate", str(folder), env=os.environ.copy())
+    proc = _evaluate(folder, capsys)
     assert proc.returncode == 0, proc.stderr
     assert "evomerge: warning:" in proc.stderr and "no manifest.json" in proc.stderr
     assert "recorded_accuracy" not in json.loads(proc.stdout)[0]
