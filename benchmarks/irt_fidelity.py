@@ -44,7 +44,7 @@ from evomerge.fitness.calibrate import calibrate
 from evomerge.fitness.estimators import ESTIMATORS, recipe_prior
 from evomerge.fitness.irt.ability import estimate_ability
 from evomerge.fitness.responses import read_responses
-from evomerge.recipe.evaluator import recipe_mixing
+from evomerge.recipe.schema import parse_recipe
 from evomerge.search.runner import run_search
 from evomerge.search.space import SearchSpace, load_space, with_overrides
 from evomerge.zoo.catalog import Zoo
@@ -130,7 +130,7 @@ def fidelity(space: SearchSpace, close_run: Path) -> tuple[list[dict], list[dict
               f"AUC {d['heldout_auc']:.3f}, accuracy MAE {d['heldout_mae']:.4f}", flush=True)
         calibrations[backend] = d
         thetas = {m: estimate_ability(cal.fit.params, a)[0] for m, a in answers.items()}
-        priors = {name: recipe_prior(*zip(*[(thetas[m], c) for m, c in recipe_mixing(all_recipes[name], TASK).items()]))
+        priors = {name: recipe_prior(*zip(*[(thetas[m], c) for m, c in parse_recipe(all_recipes[name]).mixing(TASK).items()]))
                   for y, names in pools.values() for name in names}
         bank_rows, bank_adaptive = bank_fidelity(cal, pools, priors, y_close)
         rows += [{"bank": backend, **r} for r in bank_rows]

@@ -33,5 +33,6 @@ def responses(
 
 
 def accuracy(model: Model, task: TaskData, batch_size: int = 1024, device: str | torch.device = "cpu") -> float:
-    """Share of the task's items the model answers correctly."""
-    return responses(model, task, batch_size, device).float().mean().item()
+    """Share of the task's items the model answers correctly: k / n in double precision."""
+    correct = responses(model, task, batch_size, device)
+    return int(correct.sum()) / len(correct) if len(correct) else float("nan")

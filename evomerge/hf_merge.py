@@ -1,9 +1,11 @@
-"""Weight-space merges of Hugging Face models of one architecture, from and to local directories.
+"""Weight-space merges of Hugging Face models of one architecture, from and to local directories, streamed.
 
-Models are loaded through :class:`~evomerge.zoo.adapter.HFAdapter` (``AutoModel*.from_pretrained``,
-local files only), merged as state dicts by any registered method
-(:data:`evomerge.core.merge.MERGE_METHODS`), and the result is written with ``save_pretrained``
-(safetensors) into the base model's class and config, so the same ``AutoModel*`` class reloads it.
+The models' tensors are read one at a time from their checkpoints (:class:`~evomerge.io.tensors.TensorSource`),
+merged per tensor by a registered method (:data:`evomerge.core.merge.MERGE_METHODS`, through
+:func:`evomerge.recipe.stream.plan_recipe`) and written as sharded safetensors with the base's
+``config.json`` and tokenizer (:func:`evomerge.recipe.stream.execute`). Every tensor of the checkpoint
+is kept, a causal LM's ``lm_head`` included, so the class named in ``config.json``'s ``architectures``
+(``LlamaForCausalLM``, ``BertForSequenceClassification`` ...) reloads it with ``from_pretrained``.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from evomerge.core.merge import KeyFilter, merge
+from evomerge.core.merge import KeyFilter
 from evomerge.errors import UserError
-from evomerge.zoo.adapter import HFAdapter
+from evomerge.io.writer import parse_size
+from evomerge.recipe.stream import execute, plan_recipe
+from evomerge.sources.hf import HFSource
 
 
 def exclude_prefixes(prefixes: Sequence[str]) -> KeyFilter:
@@ -30,21 +34,20 @@ def merge_pretrained(
     out: str | Path,
     params: Mapping[str, Any] | None = None,
     keys: KeyFilter | None = None,
-    auto_class: str = "AutoModel",
+    auto_class: str | None = None,
+    max_shard_size: str | int = "5GB",
+    device: str = "cpu",
 ) -> Path:
-    """Merge the models in ``finetuned`` (fine-tuned from ``base``) with ``method``; save to ``out``.
+    """Merge the models in ``finetuned`` (fine-tuned from ``base``) with ``method``; write to ``out``.
 
-    Raises :class:`UserError` when a directory is not a model of the base's class and shapes.
+    ``auto_class`` is accepted for older callers and not needed: the output keeps the base's
+    ``config.json``, whose ``architectures`` picks the class. Raises :class:`UserError` when a
+    directory is not a model of the base's class and shapes, or ``out`` exists and is not empty.
     """
-    base_model = HFAdapter.from_pretrained(base, auto_class).module
-    states = []
-    for path in finetuned:
-        model = HFAdapter.from_pretrained(path, auto_class).module
-        if type(model) is not type(base_model):
-            raise UserError(f"{path}: a {type(model).__name__}, but the base {base} is a {type(base_model).__name__}")
-        states.append(model.state_dict())
-    merged = merge(method, base_model.state_dict(), states, params, keys)
-    base_model.load_state_dict(merged)
-    out = Path(out)
-    base_model.save_pretrained(str(out))
-    return out
+    base_arch = HFSource.open("merge_pretrained", "base", path=base).architecture
+    for i, path in enumerate(finetuned):
+        arch = HFSource.open("merge_pretrained", f"finetuned[{i}]", path=path).architecture
+        if arch != base_arch:
+            raise UserError(f"{path}: a {arch}, but the base {base} is a {base_arch}")
+    plan = plan_recipe(method, base, finetuned, params, keys)
+    return execute(plan, out, parse_size(max_shard_size), device=device, progress=False)

@@ -26,6 +26,15 @@ class Registry(Generic[T]):
 
         return deco
 
+    def named(self, name: str) -> Callable[[T], T]:
+        """Register a class under ``name`` and set its ``name`` attribute to it."""
+
+        def deco(cls: T) -> T:
+            cls.name = name  # type: ignore[attr-defined]
+            return self.register(name)(cls)
+
+        return deco
+
     def get(self, name: str) -> T:
         try:
             return self._items[name]

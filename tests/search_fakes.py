@@ -1,7 +1,9 @@
 """Toy search spaces and fake evaluators for the search-side tests (no tensors).
 
 The toy objective has a known optimum: x = (1.25, 1.25, 1.25), method = tsv, rank = 16
-(rank is active only when method = tsv), giving 1.0.
+(rank is active only when method = tsv), giving 1.0. With ``array=True`` x is one array gene of
+shape [3], and two inert array genes join: ``cells`` (int, [2, 2], active unless method = average)
+and ``pick`` (categorical, [2]).
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ OPTIMUM_X = 1.25
 
 
 def toy_space(engine: str = "optuna_tpe", *, seed: int = 0, population: int = 8, evaluations: int = 30,
-              objectives: list[dict] | None = None, **extra: Any) -> dict[str, Any]:
-    """A space mapping with float, log-float, categorical and conditional log-int genes."""
+              objectives: list[dict] | None = None, array: bool = False, **extra: Any) -> dict[str, Any]:
+    """A space mapping with float, log-float, categorical and conditional log-int genes (and array genes)."""
     space = {
         "name": "toy",
         "seed": seed,
@@ -42,6 +44,13 @@ def toy_space(engine: str = "optuna_tpe", *, seed: int = 0, population: int = 8,
         "engine": {"name": engine, "population": population},
         "budget": {"evaluations": evaluations},
     }
+    if array:
+        space["recipe"].update(x={"gene": "x"}, cells={"gene": "cells"}, pick={"gene": "pick"})
+        space["genes"][:3] = [{"name": "x", "type": "float", "low": -4, "high": 4, "shape": [3]}]
+        space["genes"] += [
+            {"name": "cells", "type": "int", "low": 1, "high": 5, "shape": [2, 2], "when": {"method": ["ties", "tsv"]}},
+            {"name": "pick", "type": "categorical", "choices": ["a", "b"], "shape": [2]},
+        ]
     space.update(copy.deepcopy(extra))
     return space
 

@@ -99,3 +99,58 @@ def test_huggingface_directory_round_trip(tmp_path):
 def test_not_a_hf_directory(tmp_path):
     with pytest.raises(UserError, match="no config.json"):
         HFAdapter.from_pretrained(tmp_path)
+
+
+def _padded_batch(vocab: int = 50, lengths=(9, 5, 7), seed: int = 0):
+    """Right-padded token ids with their attention mask, and each row unpadded."""
+    g = torch.Generator().manual_seed(seed)
+    rows = [torch.randint(3, vocab, (n,), generator=g) for n in lengths]
+    width = max(lengths)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)], mask[i, : len(r)] = r, 1
+    return {"input_ids": ids, "attention_mask": mask}, [{"input_ids": r[None], "attention_mask": torch.ones(1, len(r), dtype=torch.long)} for r in rows]
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+def test_hf_padded_batch_equals_unpadded_runs(kind):
+    """Probed (forward_to) and stitched (forward_from) activations on a padded batch equal each item's
+    unpadded run at its real positions: running on from a layer uses the batch's attention mask."""
+    from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+
+    from evomerge.core.stitch import StitchedModel
+
+    torch.manual_seed(0)
+    if kind == "bert":
+        model = BertModel(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=16))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                             num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=16))
+    adapter = HFAdapter.from_model(model.eval())
+    padded, singles = _padded_batch()
+    lengths = [s["input_ids"].shape[1] for s in singles]
+    with torch.no_grad():
+        for layer in adapter.layer_names:
+            h = adapter.forward_to(padded, layer)
+            out = adapter.forward_from(h, layer, padded)
+            stitched = StitchedModel(adapter, layer, nn.Identity(), adapter, layer)(padded)
+            for i, (single, n) in enumerate(zip(singles, lengths)):
+                torch.testing.assert_close(h[i, :n], adapter.forward_to(single, layer)[0], atol=1e-5, rtol=0)
+                full = adapter(single)[0]
+                torch.testing.assert_close(out[i, :n], full, atol=1e-5, rtol=0)
+                torch.testing.assert_close(stitched[i, :n], full, atol=1e-5, rtol=0)
+
+
+def test_hf_forward_from_without_inputs_fits_the_activation_length():
+    """Without inputs, the dummy input takes the activation's batch and length (no mask: no padding)."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    adapter = HFAdapter.from_model(BertModel(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                                        intermediate_size=64, max_position_embeddings=32)).eval())
+    x = {"input_ids": torch.randint(0, 50, (3, 11))}
+    with torch.no_grad():
+        h = adapter.forward_to(x, adapter.layer_names[0])
+        torch.testing.assert_close(adapter.forward_from(h, adapter.layer_names[0]), adapter(x), atol=1e-5, rtol=0)

@@ -75,3 +75,21 @@ def test_unknown_names_list_valid_ones(call, needle):
     with pytest.raises(UserError, match=None) as err:
         call()
     assert needle in str(err.value)
+
+
+def test_docs_list_the_conditions_the_code_defines():
+    """README and docs/CONTRACTS.md name every condition of every dataset, and no other."""
+    import re
+    from pathlib import Path
+
+    from evomerge.data.conditions import list_conditions
+
+    names = {c.name for d in ("digits", "mnist1d") for c in list_conditions(d)}
+    root = Path(__file__).parent.parent
+    for doc, start in (("README.md", "Task conditions are named views"), ("docs/CONTRACTS.md", "Conditions are named views")):
+        text = (root / doc).read_text()
+        paragraph = text[text.index(start):].split("\n\n")[0].split("list_conditions")[0]
+        assert set(re.findall(r"`([a-z0-9_]+)`", paragraph)) == names, doc
+        for dataset, marker in (("mnist1d", "for 1-D"), ("digits", "for 2-D")):
+            listed = re.findall(r"`([a-z0-9_]+)`", paragraph[:paragraph.index(marker)].rsplit(";", 1)[-1].rsplit("(", 1)[-1])
+            assert set(listed) == {c.name for c in list_conditions(dataset) if c.kind == "transform"}, (doc, dataset)

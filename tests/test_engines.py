@@ -47,11 +47,12 @@ def hypervolume(points: list[list[float]]) -> float:
 
 
 def check_genome(space: SearchSpace, genome: dict) -> None:
-    assert set(genome) == {g.name for g in space.genes}
-    for g in space.genes:
+    assert set(genome) == {g.name for g in space.scalar_genes}
+    for g in space.scalar_genes:
         v = genome[g.name]
-        if g.name == "rank":
-            assert (v is None) == (genome["method"] != "tsv"), genome
+        if g.when:  # rank: method = tsv; cells[i,j]: method = ties or tsv
+            allowed = g.when["method"] if isinstance(g.when["method"], list) else [g.when["method"]]
+            assert (v is None) == (genome["method"] not in allowed), genome
             if v is None:
                 continue
         if isinstance(g, CategoricalGene):
@@ -60,6 +61,19 @@ def check_genome(space: SearchSpace, genome: dict) -> None:
             assert type(v) is int and g.low <= v <= g.high and (v - g.low) % g.step == 0
         else:
             assert type(v) is float and g.low <= v <= g.high
+
+
+def check_array_recipe(genome: dict, recipe: dict) -> None:
+    """The array genes of ``toy_space(array=True)`` decode to nested lists of their shapes, in bounds."""
+    assert len(recipe["x"]) == 3 and all(type(v) is float and -4 <= v <= 4 for v in recipe["x"])
+    assert recipe["x"] == [genome[f"x[{i}]"] for i in range(3)]
+    if recipe["merge"]["method"] == "average":
+        assert recipe["cells"] is None
+    else:
+        assert [len(row) for row in recipe["cells"]] == [2, 2]
+        assert all(type(v) is int and 1 <= v <= 5 for row in recipe["cells"] for v in row)
+        assert recipe["cells"][1][0] == genome["cells[1,0]"]
+    assert len(recipe["pick"]) == 2 and set(recipe["pick"]) <= {"a", "b"}
 
 
 class EngineConformance:
@@ -82,6 +96,17 @@ class EngineConformance:
             check_genome(engine.space, c.genome)
         assert {c.genome["method"] for c in cands} == {"average", "ties", "tsv"}
 
+    def test_array_genes_are_element_genes_decoded_to_their_shapes(self):
+        engine = make(self.name, multi=self.multi, array=True)
+        assert [g.name for g in engine.space.genes] == ["x", "method", "rank", "lam", "cells", "pick"]
+        assert len(engine.space.scalar_genes) == 3 + 3 + 4 + 2
+        cands = drive(engine, 40)
+        for c in cands:
+            check_genome(engine.space, c.genome)
+            check_array_recipe(c.genome, decode(engine.space, c.genome))
+        assert {c.genome["method"] for c in cands} == {"average", "ties", "tsv"}
+        assert len({c.genome["x[1]"] for c in cands}) > 1 and len({c.genome["cells[0,1]"] for c in cands}) > 1
+
     def test_failed_candidates_never_crash(self):
         engine = make(self.name, multi=self.multi)
         drive(engine, 12, fail=lambda i: True)  # a whole generation of failures
@@ -97,19 +122,20 @@ class EngineConformance:
         assert engine.told() == {c.id for c in first}
         drive(engine, 10)
 
-    def test_checkpoint_resume_continues_the_same_stream(self, tmp_path):
-        whole = make(self.name, state_dir=_mkdir(tmp_path / "a"), multi=self.multi)
+    @pytest.mark.parametrize("array", [False, True])
+    def test_checkpoint_resume_continues_the_same_stream(self, tmp_path, array):
+        whole = make(self.name, state_dir=_mkdir(tmp_path / "a"), multi=self.multi, array=array)
         expected = drive(whole, 12)
         expected += [whole.ask() for _ in range(2)]
         for c in expected[-2:]:
             whole.tell(c.id, objectives(whole, c))
         expected += drive(whole, 6)
 
-        part = make(self.name, state_dir=_mkdir(tmp_path / "b"), multi=self.multi)
+        part = make(self.name, state_dir=_mkdir(tmp_path / "b"), multi=self.multi, array=array)
         got = drive(part, 12) + [part.ask() for _ in range(2)]
         part.checkpoint()
         del part
-        resumed = make(self.name, state_dir=tmp_path / "b", multi=self.multi)
+        resumed = make(self.name, state_dir=tmp_path / "b", multi=self.multi, array=array)
         assert resumed.pending() == got[-2:]
         assert resumed.told() == {c.id for c in got[:12]}
         for c in got[-2:]:
@@ -163,6 +189,23 @@ class TestOptunaTPE(EngineConformance):
 
 class TestOptunaCmaEs(EngineConformance):
     name = "optuna_cmaes"
+
+    @pytest.mark.parametrize("array", [False, True])
+    def test_checkpoint_resume_continues_the_same_stream(self, tmp_path, array):
+        """Optuna keeps the CMA-ES optimizer as a pickle, never journaled: a resumed run restarts the
+        distribution, so only the genes drawn by the seeded independent sampler continue the stream."""
+        whole = make(self.name, state_dir=_mkdir(tmp_path / "a"), array=array)
+        expected = drive(whole, 20)
+        part = make(self.name, state_dir=_mkdir(tmp_path / "b"), array=array)
+        got = drive(part, 12)
+        resumed = make(self.name, state_dir=tmp_path / "b", array=array)
+        assert resumed.told() == {c.id for c in got} and not resumed.pending()
+        got += drive(resumed, 8)
+        assert [c.id for c in got] == [c.id for c in expected]
+        assert got[:12] == expected[:12]
+        assert [c.genome["method"] for c in got] == [c.genome["method"] for c in expected]
+        for c in got:
+            check_genome(resumed.space, c.genome)
 
 
 class TestOptunaNSGA2(EngineConformance):

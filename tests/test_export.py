@@ -11,7 +11,7 @@ import yaml
 
 from evomerge.data import load_task
 from evomerge.errors import UserError
-from evomerge.recipe.export import load_exported, save_export
+from evomerge.recipe.export import ExportWarning, load_exported, save_export
 from evomerge.recipe.materialize import materialize
 from tests.test_recipe import X, stitch_recipe, weights_recipe
 
@@ -53,7 +53,8 @@ def test_corrupt_export_is_a_user_error(tiny_zoo, tmp_path):
     cfg["recipe"]["branches"][0]["aligner"]["params"]["alpha"] = 1e-3
     cfg["recipe"]["branches"][0]["aligner"]["name"] = "lowrank"  # another structure than the weights
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(UserError, match="do not fit the rebuilt model"):
+    (tmp_path / "manifest.json").unlink()  # with it, the edit is caught before rebuilding
+    with pytest.raises(UserError, match="do not fit the rebuilt model"), pytest.warns(ExportWarning, match="no manifest"):
         load_exported(tmp_path)
 
 
@@ -114,3 +115,104 @@ def test_candidate_failing_in_materialization_is_recorded_and_search_finishes(tm
     assert len(rows) == 8 and len({r["id"] for r in rows}) == 8
     assert failed and all("no_such_layer" in r["error"] for r in failed)
     assert len(failed) < 8 and json.loads((run / "summary.json").read_text())["failed"] == len(failed)
+
+
+# ---- trusting exports: evaluate checks the folder against its manifest --------------------------
+
+
+@pytest.fixture(scope="module")
+def verified_export(tiny_zoo, tmp_path_factory):
+    """A stitch export on the tiny zoo whose manifest records its sources' hashes and its test accuracy."""
+    from evomerge.evaluate import accuracy
+
+    out = tmp_path_factory.mktemp("export")
+    recipe, ids = stitch_recipe(), ["mlp-digits-lo", "cnn-digits-hi"]
+    built = materialize(recipe, tiny_zoo)
+    test = load_task("digits", "all", "test", 0)
+    with torch.no_grad():
+        acc = accuracy(lambda x: built.module(x, test.key), test)
+    manifest = {"sources": [{"id": i, "sha256": tiny_zoo.record(i)["sha256"]} for i in ids],
+                "fitness": {"test_metrics": {"accuracy/all": acc}}}
+    save_export(out, built, recipe, {i: tiny_zoo.spec(i) for i in ids}, 0, {"all": "digits/all"}, manifest)
+    return out
+
+
+def _tampered(src, dst, edit):
+    import shutil
+
+    shutil.copytree(src, dst)
+    edit(dst)
+    return dst
+
+
+def _edit_json(name, change):
+    def edit(folder):
+        data = json.loads((folder / name).read_text())
+        change(data)
+        (folder / name).write_text(json.dumps(data, indent=1))
+    return edit
+
+
+def _flip_weight_byte(folder):
+    data = bytearray((folder / "model.safetensors").read_bytes())
+    data[-3] ^= 0x40  # inside the last tensor's data: still a valid file
+    (folder / "model.safetensors").write_bytes(bytes(data))
+
+
+def _truncate(folder):
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+
+
+TAMPERED = {
+    "weights-bytes": (_flip_weight_byte, 2, "model.safetensors: sha256", "weights were changed after export"),
+    "config-target-layer": (_edit_json("config.json", lambda c: c["recipe"]["branches"][0].update(target_layer="conv3")),
+                            2, "config.json: field 'recipe.branches[0].target_layer'", "'fc' as"),
+    "manifest-recipe": (_edit_json("manifest.json", lambda m: m["recipe"].update(routing="confidence")),
+                        2, "config.json: field 'recipe.routing'", "'confidence' as"),
+    "config-tasks": (_edit_json("config.json", lambda c: c.update(tasks={"all": "digits/parity"})),
+                     2, "config.json: sha256", "config was changed after export"),
+    "truncated-weights": (_truncate, 2, "model.safetensors: not a complete safetensors file", "damaged"),
+    "garbage-config": (lambda f: (f / "config.json").write_bytes(b"\x00\xff{garbage"), 2, "config.json: field '<file>'",
+                       "UTF-8"),
+    "garbage-manifest": (lambda f: (f / "manifest.json").write_text('{"format": "evomerge-export/1",'), 2,
+                         "manifest.json: field '<json>'", "valid JSON"),
+    "manifest-without-hash": (_edit_json("manifest.json", lambda m: m.pop("weights_sha256")), 2,
+                              "manifest.json: field 'weights_sha256'", "the field is required"),
+    "recorded-accuracy": (_edit_json("manifest.json", lambda m: m["fitness"]["test_metrics"].update({"accuracy/all": 0.5})),
+                          1, "digits/all: accuracy", "differs from the recorded 0.5"),
+    "source-hash": (_edit_json("manifest.json", lambda m: m["sources"][1].update(sha256="0" * 64)), 1,
+                    "source cnn-digits-hi", "the manifest records 0000"),
+}
+
+
+#: Checked in-process only (each CLI call is a fresh interpreter).
+LIBRARY_ONLY = {"config-tasks", "manifest-without-hash"}
+
+
+@pytest.mark.parametrize("case", list(TAMPERED))
+def test_evaluate_rejects_a_tampered_export(verified_export, tmp_path, case):
+    edit, status, where, what = TAMPERED[case]
+    folder = _tampered(verified_export, tmp_path / "model", edit)
+    if case not in LIBRARY_ONLY:
+        proc = _cli("evaluate", str(folder), env=os.environ.copy())  # the session cache: the sources are built there
+        assert proc.returncode == status, proc.stderr
+        assert where in proc.stderr and what in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+    if status == 2:  # the library API raises the same error
+        with pytest.raises(UserError) as info:
+            load_exported(folder)
+        assert where in str(info.value) and what in str(info.value)
+    else:  # the scores are still printed
+        assert json.loads(proc.stdout)[0]["items"] == len(load_task("digits", "all", "test", 0))
+
+
+def test_evaluate_accepts_an_untampered_export_and_warns_without_manifest(verified_export, tmp_path):
+    proc = _cli("evaluate", str(verified_export), env=os.environ.copy())
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)[0]["matches_record"] is True and "warning" not in proc.stderr
+    folder = _tampered(verified_export, tmp_path / "model", lambda f: (f / "manifest.json").unlink())
+    proc = _cli("evaluate", str(folder), env=os.environ.copy())
+    assert proc.returncode == 0, proc.stderr
+    assert "evomerge: warning:" in proc.stderr and "no manifest.json" in proc.stderr
+    assert "recorded_accuracy" not in json.loads(proc.stdout)[0]

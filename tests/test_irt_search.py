@@ -86,14 +86,15 @@ def test_irt_search_spends_few_items_logs_them_and_verifies_its_best(full_run, t
     lines = [json.loads(line) for line in (tmp_path / "irt" / "responses.jsonl").read_text().splitlines()]
     assert [line["id"] for line in lines] == [r["id"] for r in records(tmp_path / "irt")]
     for rec, line in zip(records(tmp_path / "irt"), lines):
-        m = rec["metrics"]
-        assert rec["items"] == m["items/all"] == len(line["items"]) == len(set(line["items"]))
-        assert m["accuracy_stderr/all"] >= 0 and m["accuracy_stderr/mean"] == m["accuracy_stderr/all"]
-        if m["verified/all"]:  # every item answered: the exact full accuracy, no error bar
-            assert rec["items"] == n_items and m["accuracy_stderr/all"] == 0
+        m, (task, mean) = rec["metrics"], rec["estimates"]
+        assert rec["items"] == task["items"] == len(line["items"]) == len(set(line["items"]))
+        assert task["stderr"] >= 0 and mean["stderr"] == task["stderr"] and task["value"] == m["accuracy/all"]
+        assert bool(m["verified/all"]) == task["verified"]
+        if task["verified"]:  # every item answered: the exact full accuracy, no error bar
+            assert rec["items"] == n_items and task["stderr"] == 0
             assert m["accuracy/all"] == pytest.approx(full[rec["id"]], abs=1e-6)
         else:  # anchors and adaptive items (<= 60), or more if it was a stopped verification
-            assert 20 <= rec["items"] < n_items and m["accuracy_stderr/all"] > 0
+            assert 20 <= rec["items"] < n_items and task["stderr"] > 0
         answers = full_answers[rec["id"]]  # the items it ran through the model answered as in the full run
         assert [answers[i] for i in line["items"]] == list(line["correct"])
     best = summary["best"]
@@ -122,8 +123,8 @@ def test_multidimensional_bank_in_the_search(full_run, tmp_path, monkeypatch, ti
     assert fit.bank.model == "mirt" and fit.refits == 2 and fit.params.dim == fit.bank.dim >= 2
     assert summary["item_evaluations"] < full_summary["item_evaluations"]
     for rec in records(tmp_path / "irt"):
-        m = rec["metrics"]
-        assert m["verified/all"] or (rec["items"] >= 20 and 0 < m["accuracy_stderr/all"] < 0.5)
+        task = rec["estimates"][0]
+        assert task["verified"] or (rec["items"] >= 20 and 0 < task["stderr"] < 0.5)
 
 
 def test_front_threshold_spends_items_where_the_front_is_in_doubt(full_run, tmp_path, monkeypatch, tiny_zoo):
@@ -138,7 +139,7 @@ def test_front_threshold_spends_items_where_the_front_is_in_doubt(full_run, tmp_
     incumbent, history, checked = None, [], 0
     for rec in recs:
         m = rec["metrics"]
-        value, se, cost = m["accuracy/all"], m["accuracy_stderr/all"], m["added_params"]
+        value, se, cost = m["accuracy/all"], rec["estimates"][0]["stderr"], m["added_params"]
         if incumbent is not None and not m["verified/all"] and rec["items"] < 60:
             thr = max((acc for c, acc in history if c <= cost), default=-np.inf)
             assert abs(value - thr) > 1.96 * se or value + 1.96 * se < incumbent

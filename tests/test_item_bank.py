@@ -47,7 +47,7 @@ def test_round_trip(run_dir, bank_file):
     assert bank.item_ids == IDS and bank.task == "mnist1d/all" and bank.backend == "mml"
     assert bank.sources[0].responses_sha256 == matrix.sources[0].responses_sha256
     assert bank.diagnostics["n_heldout"] == 30 and 0.5 < bank.diagnostics["heldout_auc"] <= 1
-    assert json.loads(bank_file.read_text())["format_version"] == 2
+    assert json.loads(bank_file.read_text())["format_version"] == 3
 
 
 def test_multidimensional_bank_round_trips_and_old_banks_load(run_dir, bank_file, tmp_path):
@@ -108,6 +108,9 @@ def test_bad_json_version_and_missing_file(bank_file, tmp_path):
 def test_cli_calibrate_writes_a_loadable_bank(run_dir, tmp_path, capsys):
     out = tmp_path / "banks" / "cli.json"
     assert main(["calibrate", str(run_dir), "--task", "mnist1d/all", "--out", str(out), "--seed", "1"]) == 0
+    err = capsys.readouterr().err  # each fit announced as it starts (plain lines off a terminal)
+    assert "calibrate mml [1/2] D=1: fit on 120 candidates, predict 30 held out" in err
+    assert "calibrate mml [2/2] D=1: final fit on all 150 candidates" in err
     bank = load_bank(out, task_item_ids=IDS)
     assert bank.diagnostics["n_candidates"] == 150
     assert main(["calibrate", str(run_dir), "--task", "mnist1d/all", "--out", str(out), "--backend", "x"]) == 2

@@ -137,6 +137,36 @@ def test_average_is_the_mean_of_models():
     torch.testing.assert_close(out["layers.fc.weight"], torch.stack([f["layers.fc.weight"] for f in fts]).mean(0))
 
 
+def test_weighted_average_is_the_weighted_mean_of_models():
+    base = make_base()
+    a, b = make_finetuned(base, 2, scale=1.0)
+    out = merge("average", base, [a, b], {"weights": [1.0, 3.0]})
+    torch.testing.assert_close(out["layers.fc.weight"], (a["layers.fc.weight"] + 3 * b["layers.fc.weight"]) / 4)
+    with pytest.raises(ConfigError, match="average.weights"):
+        merge("average", base, [a, b], {"weights": [1.0]})
+
+
+def test_tsv_factors_cached_once_give_the_same_merge():
+    base = make_base()
+    fts = make_finetuned(base, 2, scale=1.0)
+    m, key = MERGE_METHODS.get("tsv"), "layers.fc.weight"
+    deltas = [f[key] - base[key] for f in fts]
+    params = m.parse({"rank": [1, 2], "alpha": 0.7})
+    cached = [m.factor(key, d) for d in deltas]
+    assert torch.equal(m.merge_deltas(key, base[key], deltas, params, cached), m.merge_tensor(key, base[key], [f[key] for f in fts], params))
+
+
+def test_ties_with_cached_sorted_magnitudes_gives_the_same_merge():
+    base = make_base()
+    fts = make_finetuned(base, 3, scale=1.0)
+    m, key = MERGE_METHODS.get("ties"), "layers.fc.weight"
+    deltas = [f[key] - base[key] for f in fts]
+    cached = [m.factor(key, d) for d in deltas]
+    for density in (0.1, 0.37, 1.0):
+        params = m.parse({"density": density, "lam": 0.8})
+        assert torch.equal(m.merge_deltas(key, base[key], deltas, params, cached), m.merge_tensor(key, base[key], [f[key] for f in fts], params))
+
+
 def test_task_arithmetic_lambda_zero_returns_base():
     base = make_base()
     assert_sd_close(merge("task_arithmetic", base, make_finetuned(base, 3), {"lam": 0.0}), base, atol=0)

@@ -75,6 +75,18 @@ def test_probe_pairs_writes_heatmaps_and_layer_map(tiny_zoo, tmp_path):
     assert set(lm["cka"]) == {f"class_{c}" for c in range(10)} and lm["points"]
 
 
+def test_probe_names_theta_and_the_best_score_when_nothing_exceeds_it(tiny_zoo, tmp_path, capsys):
+    import json
+
+    from evomerge.commands.probe import probe_pairs
+
+    probe_pairs(tiny_zoo, ["mlp-digits", "mlp-digits-s1"], [("digits", "all")], tmp_path, per_class=10, theta=2.0)
+    err = capsys.readouterr().err
+    assert "no layer pair's matched score exceeds theta 2; best " in err and "CKA x effective-rank ratio" in err
+    lm = json.loads((tmp_path / "layer_map_mlp-digits__mlp-digits-s1__digits-all.json").read_text())
+    assert lm["theta"] == 2.0 and lm["points"] == []
+
+
 def test_probe_command_user_errors(capsys):
     from evomerge.cli import main
 

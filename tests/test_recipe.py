@@ -43,7 +43,7 @@ X = load_task("digits", "all", "val", 0).x[:64]
 
 
 def test_bad_recipe_names_the_field():
-    with pytest.raises(ConfigError, match="branches.0.aligner.name"):
+    with pytest.raises(ConfigError, match=r"branches\[0\].aligner.name"):
         parse_recipe({**stitch_recipe(), "branches": [{"model": "m", "source_layer": "a", "target_layer": "b", "aligner": {}}]})
     with pytest.raises(ConfigError, match="routing"):
         parse_recipe(stitch_recipe(routing="telepathy"))

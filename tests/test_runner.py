@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -50,7 +51,8 @@ def test_run_folder_holds_every_contract_file(tmp_path):
     summary = search(toy_space("optuna_tpe", evaluations=20), run, ev, final_eval=final_eval)
     space = load_space(run / "space.yaml")
     assert space.model_dump() == parse_space(toy_space("optuna_tpe", evaluations=20)).model_dump()
-    assert (run / "study.db").exists() and (run / "sampler.pkl").exists()
+    assert (run / "optuna_trials.jsonl").exists() and (run / "run.json").exists()
+    assert not list(run.glob("*.pkl")) and not list(run.glob("*.db"))
 
     recs = records(run)
     assert [r["id"] for r in recs] == [candidate_id(i) for i in range(20)]
@@ -143,6 +145,32 @@ class InterruptOnce(ToyEvaluator):
         if candidate_id == "c00005":
             raise KeyboardInterrupt
         return super().evaluate(candidate_id, recipe, known)
+
+
+def test_identical_objective_vectors_count_once_on_the_front(tmp_path):
+    """Candidates an inert gene tells apart only share one place on the front: the first found."""
+    from evomerge.search.pareto import pareto_front
+
+    assert pareto_front([[0.5, 3], [0.9, 5], [0.5, 3], [0.9, 5], [0.2, 9]], ["max", "min"]) == [0, 1]
+
+    class Coarse(ToyEvaluator):  # x2 is inert: the figures depend on x0 and the method only
+        def evaluate(self, candidate_id, recipe, known=None):
+            res = super().evaluate(candidate_id, recipe, known)
+            acc = {"average": 0.5, "ties": 0.75, "tsv": 1.0}[recipe["merge"]["method"]] + round(recipe["x"][0]) / 10
+            res.objectives |= {"accuracy/mean": acc, "added_params": 100.0 * round(recipe["x"][0])}
+            return res
+
+    space = toy_space("random", evaluations=40, objectives=two_objectives())
+    summary = search(space, tmp_path / "run", Coarse())
+    ok = [r for r in records(tmp_path / "run") if r["status"] == "ok"]
+    vectors = [tuple(p["objectives"].values()) for p in summary["pareto"]]
+    assert len(vectors) == len(set(vectors)) >= 2
+    assert len(ok) > len({tuple(r["objectives"].values()) for r in ok})  # duplicates were found
+    for p in summary["pareto"]:
+        assert p["id"] == next(r["id"] for r in ok if r["objectives"] == p["objectives"])
+    assert main(["report", str(tmp_path / "run")]) == 0
+    md = (tmp_path / "run" / "report" / "report.md").read_text()
+    assert md.count("| `c") == len(vectors)
 
 
 @pytest.mark.parametrize("engine", ["deap_ga", "optuna_tpe"])
@@ -308,11 +336,34 @@ def test_cli_search_resume_and_report(tmp_path, fake_cli, capsys):
     assert main(["search", "--resume", "--run-dir", str(run), "--budget", "12"]) == 0
     assert [r["id"] for r in records(run)] == [candidate_id(i) for i in range(12)]
     assert main(["search", "--resume", "--run-dir", str(run), "--seed", "1"]) == 2
-    assert "--seed cannot change" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--seed cannot change" in err
+    assert "test split [1/" in err  # the resumed run shows progress, re-evaluation on test included
+    assert re.search(r"best c\d{5}: accuracy/mean \d\.\d{4} \(test \d\.\d{4}\), added_params [\d,.]+; \d+ on the "
+                     r"Pareto front", err), err
     assert main(["report", str(run)]) == 0
     md = (run / "report" / "report.md").read_text()
     assert "## Pareto front" in md and "## Gene importance" in md
+    summary = json.loads((run / "summary.json").read_text())
+    assert f"wall time {summary['wall_s']:.1f} s" in md
+    assert f"`{summary['best']['id']}`: accuracy/mean " in md and "(test " in md
     assert {p.name for p in (run / "report").iterdir()} >= {"fitness.png", "pareto.png", "report.md"}
+
+
+def test_figures_and_wide_axes():
+    import matplotlib.pyplot as plt
+
+    from evomerge.console import figure
+    from evomerge.search.report import _scale_if_wide
+
+    assert [figure(v) for v in (12345.0, 0.78641, 123.44, None)] == ["12,345", "0.7864", "123.4", "-"]
+    scales = []
+    for values in ([10.0, 2e5, 300.0], [10.0, 900.0], [0.0, 10.0, 1e4]):
+        fig, ax = plt.subplots()
+        suffix = _scale_if_wide(ax, "x", values)
+        scales.append((ax.get_xscale(), suffix))
+        plt.close(fig)
+    assert scales == [("log", ", log scale"), ("linear", ""), ("symlog", ", log scale")]
 
 
 def test_cli_bad_space_exits_2_naming_the_field(tmp_path, fake_cli, capsys):

@@ -9,7 +9,15 @@ import yaml
 from search_fakes import toy_space, two_objectives
 
 from evomerge.errors import ConfigError
-from evomerge.search.space import decode, dump_space, load_space, mask_inactive, parse_space, with_overrides
+from evomerge.search.space import (
+    decode,
+    dump_space,
+    load_space,
+    mask_inactive,
+    parse_space,
+    sample_genomes,
+    with_overrides,
+)
 
 
 def write(tmp_path, data, name="space.yaml"):
@@ -18,9 +26,10 @@ def write(tmp_path, data, name="space.yaml"):
     return path
 
 
-def edited(**paths):
-    """The toy space with dotted-path edits; a value of ``...`` deletes the key."""
-    data = toy_space()
+def edited(array: bool = False, **paths):
+    """The toy space (with array genes: x[3], cells[2, 2], pick[2]) with dotted-path edits; a value
+    of ``...`` deletes the key."""
+    data = toy_space(array=array)
     for dotted, value in paths.items():
         node = data
         *parents, leaf = dotted.split("__")
@@ -70,6 +79,12 @@ def test_decode_substitutes_genes_and_nulls_inactive_ones():
     (edited(genes__0__scale=2), "genes[0].scale", "no such field"),
     (edited(genes__2__name="x1"), "genes[2].name", "a unique name"),
     (edited(recipe__x=[{"gene": "x0"}, {"gene": "x1"}]), "genes[2].name", "a gene used in the recipe"),
+    (edited(True, genes__0__shape=[3, 0]), "genes[0].shape[1]", "greater than or equal to 1"),
+    (edited(True, genes__0__shape=[]), "genes[0].shape", "at least 1 item"),
+    (edited(True, genes__0__shape=3), "genes[0].shape", "a valid list"),
+    (edited(True, genes__5__when={"cells": 1}), "genes[5].when.cells", "a scalar gene, not an array gene"),
+    (edited(True, genes__3__name="x[1]", recipe__merge__lam={"gene": "x[1]"}), "genes[3].name",
+     "a gene whose scalar name 'x[1]' no other gene takes"),
     (edited(name=...), "name", "the field is required"),
     (edited(seed="one"), "seed", "a valid integer"),
     (edited(objectives__0__direction="up"), "objectives[0].direction", "'max' or 'min'"),
@@ -84,8 +99,8 @@ def test_decode_substitutes_genes_and_nulls_inactive_ones():
      "conditional genes"),
     (edited(objectives=two_objectives(), engine__name="deap_ga"), "engine.name", "an engine for 2 objectives"),
     (edited(budget__evaluations=0), "budget.evaluations", "greater than or equal to 1"),
-    (edited(fitness={"estimator": "pirt"}), "fitness.bank", "an item bank name"),
-    (edited(fitness={"estimator": "magic", "bank": "b"}), "fitness.estimator", "one of full, gpirt"),
+    (edited(fitness={"estimator": "pirt"}), "tasks[0].bank", "an item bank file for task"),
+    (edited(fitness={"estimator": "magic", "bank": "b"}), "fitness.estimator", "one of full, gmp-irt, gpirt"),
     (edited(resources={"workers": 0}), "resources.workers", "greater than or equal to 1"),
     (edited(constraints={"max_params": 3}), "constraints.max_params", "no such field"),
 ])
@@ -135,3 +150,37 @@ def test_space_copy_is_independent_of_input():
     before = copy.deepcopy(data)
     parse_space(data)
     assert data == before
+
+
+def test_array_genes_are_scalar_element_genes_to_engines_and_nested_lists_to_recipes(tmp_path):
+    space = parse_space(toy_space(array=True))
+    assert [g.name for g in space.scalar_genes] == [
+        "x[0]", "x[1]", "x[2]", "method", "rank", "lam", "cells[0,0]", "cells[0,1]", "cells[1,0]", "cells[1,1]",
+        "pick[0]", "pick[1]"]
+    cells = space.scalar_genes[6]
+    assert (cells.low, cells.high, cells.shape, cells.when) == (1, 5, None, {"method": ["ties", "tsv"]})
+    genome = {"x[0]": 0.5, "x[1]": 1.0, "x[2]": -1.0, "method": "ties", "rank": 8, "lam": 0.1,
+              "cells[0,0]": 1, "cells[0,1]": 2, "cells[1,0]": 3, "cells[1,1]": 4, "pick[0]": "b", "pick[1]": "a"}
+    recipe = decode(space, genome)
+    assert recipe["x"] == [0.5, 1.0, -1.0] and recipe["cells"] == [[1, 2], [3, 4]] and recipe["pick"] == ["b", "a"]
+    assert recipe["merge"] == {"method": "ties", "rank": None, "lam": 0.1}
+    average = decode(space, {**genome, "method": "average"})
+    assert average["cells"] is None and average["x"] == [0.5, 1.0, -1.0]
+    assert mask_inactive(space, {**genome, "method": "average"})["cells[1,0]"] is None
+    with pytest.raises(ValueError, match=r"active gene 'x\[2\]'"):
+        decode(space, {k: v for k, v in genome.items() if k != "x[2]"})
+    path = write(tmp_path, toy_space(array=True))
+    dumped = dump_space(load_space(path))
+    assert yaml.safe_load(dumped)["genes"][0] == {"name": "x", "when": None, "shape": [3], "log": False,
+                                                   "type": "float", "low": -4.0, "high": 4.0}
+    assert dump_space(load_space(write(tmp_path, dumped, "copy.yaml"))) == dumped
+
+
+def test_sample_genomes_move_an_array_gene_as_one_unit():
+    space = parse_space(toy_space(array=True))
+    genomes = sample_genomes(space)
+    assert all(set(g) == {s.name for s in space.scalar_genes} for g in genomes)
+    xs = {tuple(g[f"x[{i}]"] for i in range(3)) for g in genomes}
+    assert xs == {(-4, -4, -4), (4, 4, 4)}
+    cells = {tuple(g[f"cells[{i},{j}]"] for i in range(2) for j in range(2)) for g in genomes}
+    assert cells == {(None,) * 4, (1,) * 4, (5,) * 4}

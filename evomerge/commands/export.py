@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from evomerge.console import log
-    from evomerge.recipe.export import export_candidate
+    from evomerge.search.run_export import export_candidate
 
     out = export_candidate(args.run, args.out, args.candidate)
     log(f"exported {args.candidate} of {args.run} to {out}")

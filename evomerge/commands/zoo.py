@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import TYPE_CHECKING, Any
 
-from rich.table import Table
+if TYPE_CHECKING:
+    from evomerge.zoo.catalog import Zoo
 
-from evomerge.console import log, stdout
-from evomerge.data.datasets import DATASETS
-
-from evomerge.zoo.catalog import Zoo
+#: The columns of ``zoo list``; ``built`` is false for a model not yet trained (its accuracies null).
+COLUMNS = ("id", "architecture", "dataset", "condition", "family", "params", "val_accuracy", "test_accuracy", "built")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,38 +20,73 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = zsub.add_parser("build", help="train every zoo model not yet in the cache")
     b.add_argument("--seed", type=int, default=0, help="zoo seed (data splits and training)")
     b.add_argument("--workers", type=int, default=2, help="training processes")
-    b.set_defaults(func=run_build)
-    ls = zsub.add_parser("list", help="list the zoo's models with their accuracies")
+    b.set_defaults(func=run)
+    ls = zsub.add_parser("list", help="list the zoo's models, built or not, with their accuracies")
     ls.add_argument("--seed", type=int, default=0)
     ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ls.add_argument("--dataset", help="only models trained on this dataset")
-    ls.set_defaults(func=run_list)
+    ls.add_argument("--build", action="store_true", help="train the listed models missing from the cache first")
+    ls.add_argument("--workers", type=int, default=2, help="training processes (with --build)")
+    ls.set_defaults(func=run)
 
 
-def run_build(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    from evomerge.zoo.catalog import Zoo
+
     zoo = Zoo(seed=args.seed)
+    if args.zoo_command == "build":
+        return build(zoo, args.workers)
+    return list_models(zoo, args)
+
+
+def build(zoo: Zoo, workers: int) -> int:
+    from evomerge.console import log
+
     start = time.perf_counter()
-    trained = zoo.build(workers=args.workers, log=log)
+    trained = zoo.build(workers=workers, progress=True)
     log(f"zoo ready: {len(zoo.ids())} models, {len(trained)} trained now, {time.perf_counter() - start:.1f}s")
     return 0
 
 
-def run_list(args: argparse.Namespace) -> int:
-    zoo = Zoo(seed=args.seed)
+def row(zoo: Zoo, model_id: str) -> dict[str, Any]:
+    """The model's ``zoo list`` row: its record when built; else its spec, its parameter count
+    (an untrained network's) and null accuracies."""
+    if zoo.is_built(model_id):
+        return {k: zoo.record(model_id)[k] for k in COLUMNS[:-1]} | {"built": True}
+    from evomerge.zoo.catalog import new_net
+
+    spec = zoo.spec(model_id)
+    return {"id": spec.id, "architecture": spec.arch, "dataset": spec.dataset, "condition": spec.condition,
+            "family": spec.family, "params": sum(p.numel() for p in new_net(spec, 0).parameters()),
+            "val_accuracy": None, "test_accuracy": None, "built": False}
+
+
+def list_models(zoo: Zoo, args: argparse.Namespace) -> int:
+    from evomerge.console import log, stdout
+    from evomerge.data.datasets import DATASETS
+
     ids = zoo.ids()
     if args.dataset:
         DATASETS.get(args.dataset)  # unknown names: UserError listing the valid ones
         ids = [i for i in ids if zoo.spec(i).dataset == args.dataset]
-    zoo.build(log=log, ids=ids)
-    keys = ("id", "architecture", "dataset", "condition", "family", "params", "val_accuracy", "test_accuracy")
-    rows = [{k: zoo.record(i)[k] for k in keys} for i in ids]
+    if args.build:
+        zoo.build(workers=args.workers, ids=ids, progress=True)
+    rows = [row(zoo, i) for i in ids]
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    table = Table(title=f"evomerge zoo (seed {args.seed})")
-    for k in keys:
+    from rich.table import Table
+
+    missing = sum(not r["built"] for r in rows)
+    table = Table(title=f"evomerge zoo (seed {zoo.seed})")
+    for k in COLUMNS[:-1]:
         table.add_column(k, justify="right" if k in ("params", "val_accuracy", "test_accuracy") else "left")
     for r in rows:
-        table.add_row(*(f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in keys))
+        cells = [f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in COLUMNS[:-1]]
+        if not r["built"]:
+            cells[-2:] = ["not built", "not built"]
+        table.add_row(*cells, style=None if r["built"] else "dim")
     stdout.print(table)
+    if missing:
+        log(f"{missing} of {len(rows)} models not built; train them with 'evomerge zoo build' or 'zoo list --build'")
     return 0

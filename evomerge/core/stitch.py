@@ -8,7 +8,7 @@ the map trains on the task loss, sources frozen and checked unchanged) and parti
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -52,7 +52,11 @@ def _count(modules: Sequence[nn.Module]) -> int:
 
 
 class StitchedModel(nn.Module):
-    """``x ↦ B.forward_from(stitch(A.forward_to(x, layer_a)), layer_b)``.
+    """``x ↦ B.forward_from(stitch(A.forward_to(x, layer_a)), layer_b, x)``.
+
+    When ``x`` is a mapping of model inputs (Hugging Face ``input_ids`` + ``attention_mask``), B runs
+    on from its layer with it, so a padded batch's mask reaches B's remaining layers; A and B then
+    read the same inputs (for language models: one tokenizer). Tensor inputs are A's alone.
 
     The sources are held, not registered: ``parameters()`` and ``state_dict()`` hold the stitch
     (and B's copy when this model owns one, after :func:`partial_finetune`).
@@ -77,7 +81,8 @@ class StitchedModel(nn.Module):
         return self._sources[1]
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.b.forward_from(self.stitch(self.a.forward_to(x, self.layer_a)), self.layer_b)
+        inputs = x if isinstance(x, Mapping) else None
+        return self.b.forward_from(self.stitch(self.a.forward_to(x, self.layer_a)), self.layer_b, inputs)
 
     @property
     def stitch_params(self) -> int:

@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from evomerge.fitness.multitask import TaskEstimate
+
 
 @dataclass(frozen=True)
 class TaskResponses:
@@ -34,7 +36,8 @@ class TaskResponses:
 
 @dataclass
 class EvalResult:
-    """One candidate's evaluation; ``objectives`` maps metric keys (``accuracy/mean``...) to values."""
+    """One candidate's evaluation; ``objectives`` maps metric keys (``accuracy/mean``...) to values;
+    ``estimates`` each task's accuracy ± stderr and the combined one (task ``mean``), last."""
 
     id: str
     status: Literal["ok", "failed"]
@@ -42,6 +45,7 @@ class EvalResult:
     responses: list[TaskResponses] = field(default_factory=list)
     wall_s: float = 0.0
     error: str | None = None
+    estimates: list[TaskEstimate] = field(default_factory=list)
 
 
 #: The metrics of candidates the driver has results for (the current Pareto front's).

@@ -35,7 +35,7 @@ from evomerge.console import log
 from evomerge.distributed.devices import pick_device, takes_device, torch_threads
 from evomerge.distributed.pool import EvalResult, Evaluator, Known, Pool, safe_evaluate
 from evomerge.errors import UserError
-from evomerge.search.space import Resources
+from evomerge.settings import Resources
 
 
 class EvalWorker:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.metrics import log_loss, roc_auc_score
 
+from evomerge.console import Steps
 from evomerge.errors import UserError
 from evomerge.fitness.irt.ability import estimate_ability
 from evomerge.fitness.irt.backends import DEFAULT_BACKEND, DIMS, fit
@@ -53,6 +54,13 @@ def item_flags(responses: np.ndarray) -> list[list[str]]:
     return flags
 
 
+def _weighted(observed: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Responses y in [0, 1] as two weighted 0/1 observations (1 with weight y, 0 with 1 − y), so the
+    sklearn metrics take soft responses; for 0/1 responses the metrics are unchanged."""
+    return (np.r_[np.ones_like(observed), np.zeros_like(observed)], np.r_[predicted, predicted],
+            np.r_[observed, 1 - observed])
+
+
 def _split_half_predictions(
     params: ItemParams, rows: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, list[float]]:
@@ -79,8 +87,11 @@ def calibrate(
     seed: int = 0,
     bounds: FitBounds = FitBounds(),
     dim: int | None = None,
+    progress: bool = False,
 ) -> Calibration:
-    """Fit a 2PL to ``responses`` (candidates × items, 0/1/NaN) and report held-out fit quality."""
+    """Fit a 2PL to ``responses`` (candidates × items, 0/1/NaN; probabilities for ``mml``) and report
+    held-out fit quality;
+    ``progress`` shows each fit as it starts."""
     y = np.asarray(responses, dtype=float)
     if not 0.0 <= holdout < 1.0:
         raise UserError(f"--holdout: expected a share in [0, 1), got {holdout}")
@@ -97,27 +108,35 @@ def calibrate(
         "n_responses": int((~np.isnan(y)).sum()), "n_train": len(train), "n_heldout": n_held,
     }
     dims = DIMS.get(backend, (1,)) if dim is None else (dim,)
-    if n_held:
-        item_mean = np.clip(np.nan_to_num(np.nanmean(y[train], axis=0), nan=0.5), EPS, 1 - EPS)
-        baseline = np.concatenate([np.broadcast_to(item_mean, row.shape)[~np.isnan(row)] for row in y[held]])
-        obs_by_row = np.concatenate([row[~np.isnan(row)] for row in y[held]])
-        by_dim, split_seed = {}, int(rng.integers(2**32))
-        for d in dims:  # the same split halves for every D
-            obs, pred, abs_err = _split_half_predictions(fit(y[train], backend, bounds, d).params, y[held],
-                                                         np.random.default_rng(split_seed))
-            pred = np.clip(pred, EPS, 1 - EPS)
-            by_dim[d] = {
-                "heldout_loglik": float(-log_loss(obs, pred, labels=[0, 1])),
-                "heldout_auc": float(roc_auc_score(obs, pred)) if len(np.unique(obs)) == 2 else float("nan"),
-                "heldout_mae": float(np.mean(abs_err)),
-            }
-        dim = max(by_dim, key=lambda d: by_dim[d]["heldout_loglik"])
-        diagnostics |= by_dim[dim] | {"heldout_loglik_item_means": float(-log_loss(obs_by_row, baseline, labels=[0, 1]))}
-        if len(dims) > 1:
-            diagnostics |= {f"heldout_loglik_dim{d}": m["heldout_loglik"] for d, m in by_dim.items()}
-    dim = dims[0] if dim is None else dim
-    start = time.perf_counter()
-    final = fit(y, backend, bounds, dim)
+    with Steps(f"calibrate {backend}", (len(dims) if n_held else 0) + 1, quiet=not progress) as steps:
+        if n_held:
+            item_mean = np.clip(np.nan_to_num(np.nanmean(y[train], axis=0), nan=0.5), EPS, 1 - EPS)
+            baseline = np.concatenate([np.broadcast_to(item_mean, row.shape)[~np.isnan(row)] for row in y[held]])
+            obs_by_row = np.concatenate([row[~np.isnan(row)] for row in y[held]])
+            by_dim, split_seed = {}, int(rng.integers(2**32))
+            for d in dims:  # the same split halves for every D
+                steps.begin(f"D={d}: fit on {len(train)} candidates, predict {n_held} held out")
+                obs, pred, abs_err = _split_half_predictions(fit(y[train], backend, bounds, d).params, y[held],
+                                                             np.random.default_rng(split_seed))
+                y01, p, w = _weighted(obs, np.clip(pred, EPS, 1 - EPS))
+                by_dim[d] = {
+                    "heldout_loglik": float(-log_loss(y01, p, sample_weight=w, labels=[0, 1])),
+                    "heldout_auc": float(roc_auc_score(y01, p, sample_weight=w)) if 0 < obs.sum() < len(obs)
+                    else float("nan"),
+                    "heldout_mae": float(np.mean(abs_err)),
+                }
+                steps.advance(f"D={d}: held-out loglik {by_dim[d]['heldout_loglik']:.4f}")
+            dim = max(by_dim, key=lambda d: by_dim[d]["heldout_loglik"])
+            y01, p, w = _weighted(obs_by_row, baseline)
+            diagnostics |= by_dim[dim] | {"heldout_loglik_item_means": float(-log_loss(y01, p, sample_weight=w,
+                                                                                       labels=[0, 1]))}
+            if len(dims) > 1:
+                diagnostics |= {f"heldout_loglik_dim{d}": m["heldout_loglik"] for d, m in by_dim.items()}
+        dim = dims[0] if dim is None else dim
+        steps.begin(f"D={dim}: final fit on all {len(y)} candidates")
+        start = time.perf_counter()
+        final = fit(y, backend, bounds, dim)
+        steps.advance()
     flags = item_flags(y)
     diagnostics |= {
         "fit_wall_s": time.perf_counter() - start, "n_iter": final.n_iter, "converged": final.converged,

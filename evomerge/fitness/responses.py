@@ -15,19 +15,20 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from evomerge.errors import UserError
+from evomerge.errors import UserError, read_json, read_text
 
 RESPONSES_FILE = "responses.jsonl"
 ITEMS_DIR = "items"
 _PART = r"[A-Za-z0-9_.-]+"
-_TASK_KEY = re.compile(rf"^{_PART}/{_PART}$")
+#: A built-in task's ``dataset/condition``, or an item-file task's name.
+_TASK_KEY = re.compile(rf"^{_PART}(/{_PART})?$")
 
 
 class ResponseRecord(BaseModel):
@@ -53,7 +54,7 @@ class ResponseRecord(BaseModel):
 def items_filename(task_key: str, split: str) -> str:
     """``mnist1d/all`` + ``val`` -> ``mnist1d__all__val.json`` (a safe file name)."""
     if not _TASK_KEY.match(task_key):
-        raise UserError(f"task '{task_key}': expected 'dataset/condition' (letters, digits, '_', '.', '-')")
+        raise UserError(f"task '{task_key}': expected 'dataset/condition' or a task name (letters, digits, '_', '.', '-')")
     return f"{task_key.replace('/', '__')}__{split}.json"
 
 
@@ -71,7 +72,7 @@ class ResponseLog:
         path = self.run_dir / ITEMS_DIR / items_filename(task_key, split)
         ids = list(item_ids)
         if path.exists():
-            if json.loads(path.read_text()) != ids:
+            if read_json(path, "a run's item id list") != ids:
                 raise UserError(f"{path}: item ids differ from the task's current items; the task data changed")
         else:
             path.write_text(json.dumps(ids))
@@ -102,17 +103,31 @@ class ResponseLog:
 
 @dataclass(frozen=True)
 class SourceRun:
-    """A run a matrix was read from, with hashes that pin the exact files."""
+    """A run folder (``reader`` ``run``) or a log file (a reader of :mod:`evomerge.fitness.readers`) a
+    matrix was read from, with hashes that pin the exact files (a log file has no separate item list)."""
 
     path: str
     responses_sha256: str
-    items_sha256: str
+    items_sha256: str | None
     n_records: int
+    reader: str = "run"
+
+
+@dataclass(frozen=True)
+class ItemInfo:
+    """What a log says of an item beside its id: lm-eval's ``doc_id`` (a position, only a hint),
+    ``prompt_hash`` (SHA-256 of the prompt the model saw) and ``target_hash``."""
+
+    doc_id: int | None = None
+    prompt_hash: str | None = None
+    target_hash: str | None = None
 
 
 @dataclass(frozen=True)
 class ResponseMatrix:
-    """Candidates × items answers of one task split: 1.0, 0.0 or NaN (not answered)."""
+    """Candidates × items answers of one task split: 1.0, 0.0 or NaN (not answered); a probability
+    in between where a reader kept continuous scores. ``item_info`` (one per item) and ``info``
+    (reader, filter, metric, n-shot, harness version, binarisation rule) come from log readers."""
 
     task: str
     split: str
@@ -120,15 +135,17 @@ class ResponseMatrix:
     item_ids: list[str]
     values: np.ndarray
     sources: list[SourceRun]
+    item_info: list[ItemInfo] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _records(path: Path) -> list[ResponseRecord]:
     """Parse ``responses.jsonl``; a torn last line (a crash mid-append, no newline) is skipped."""
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "a run's responses.jsonl")
     lines = text.split("\n")
     records = []
     for number, line in enumerate(lines, start=1):
@@ -161,7 +178,7 @@ def read_responses(run_dirs: Sequence[str | Path], task_key: str, split: str = "
         items_path = run / ITEMS_DIR / name
         if not items_path.is_file():
             raise UserError(f"{items_path}: missing; it lists the items of {task_key} ({split})")
-        ids = json.loads(items_path.read_text())
+        ids = read_json(items_path, "a run's item id list")
         if item_ids is not None and ids != item_ids:
             raise UserError(f"{items_path}: item ids differ from the other runs' for {task_key} ({split})")
         item_ids = ids
@@ -171,7 +188,7 @@ def read_responses(run_dirs: Sequence[str | Path], task_key: str, split: str = "
                                 f"but {items_path} lists {len(ids)}")
             row = rows.setdefault(f"{run.name}/{record.id}", {})
             row.update(zip(record.items, map(float, record.correct)))
-        sources.append(SourceRun(str(run), _sha256(responses), _sha256(items_path), len(records)))
+        sources.append(SourceRun(str(run), sha256_file(responses), sha256_file(items_path), len(records)))
     if item_ids is None:
         raise UserError(f"no responses for task '{task_key}' ({split}) in {', '.join(map(str, run_dirs))}")
     values = np.full((len(rows), len(item_ids)), np.nan)

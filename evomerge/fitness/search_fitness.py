@@ -1,4 +1,5 @@
-"""IRT fitness inside the search: one task's bank, anchors, estimator, incumbent and online refits.
+"""IRT fitness inside the search: one task's bank, anchors, estimator, incumbent and online refits
+(a space with several tasks holds one :class:`BankFitness` per task).
 
 Per candidate, :meth:`BankFitness.evaluate` gets ``answer(items) -> 0/1`` that runs the merged
 model on those items only (the only items that cost anything) and:
@@ -46,13 +47,15 @@ from evomerge.fitness.estimators import ESTIMATORS, recipe_prior
 from evomerge.fitness.irt.ability import ThetaPrior, estimate_ability
 from evomerge.fitness.irt.model import ItemParams
 from evomerge.fitness.responses import read_responses
-from evomerge.search.space import FitnessSettings
+from evomerge.settings import FitnessSettings
 
 Answer = Callable[[np.ndarray], np.ndarray]
 #: Anchor items per task when the space's ``fitness.items`` is not set.
 DEFAULT_ITEMS = 50
 #: Verification batches grow by this share of the items answered so far (about 17 steps from 50 to 5,000).
 VERIFY_GROWTH = 0.25
+#: Estimators that fit a merge's ability as a combination of its parents' (MERGE³'s, :mod:`.estimators`).
+PARENT_ESTIMATORS = ("mp-irt", "gmp-irt")
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,10 @@ def source_matrix(bank: ItemBank, bank_path: str) -> np.ndarray:
     field = "sources (needed by fitness.recalibrate_every)"
     if not bank.sources:
         raise ConfigError(bank_path, field, "the source runs the bank was fitted on", "none recorded")
+    logs = [s.path for s in bank.sources if s.reader != "run"]
+    if logs:
+        raise ConfigError(bank_path, field, "a bank fitted on run folders (a bank read from logs is not refitted)",
+                          logs[0])
     try:
         matrix = read_responses([s.path for s in bank.sources], bank.task, bank.split)
     except UserError as err:
@@ -87,11 +94,14 @@ class BankFitness:
     """Estimated accuracy on one task split from a calibrated item bank (see the module docstring)."""
 
     def __init__(self, settings: FitnessSettings, item_ids: Sequence[str], *, seed: int = 0,
-                 source: str = "<space>"):
-        if settings.bank is None:
+                 source: str = "<space>", bank: str | None = None):
+        """``bank``: this task's bank file (default ``settings.bank``, the single-task form); its items
+        must be ``item_ids`` in order (else exit 2 naming the file and ``items``)."""
+        bank = bank or settings.bank
+        if bank is None:
             raise ConfigError(source, "fitness.bank", f"an item bank for estimator '{settings.estimator}'")
-        self.settings, self.seed, self.n = settings, seed, len(item_ids)
-        self.bank = load_bank(settings.bank, item_ids)
+        self.settings, self.seed, self.n, self.bank_path = settings, seed, len(item_ids), bank
+        self.bank = load_bank(bank, item_ids)
         self.params: ItemParams = self.bank.params
         if settings.adaptive and settings.estimator not in ADAPTIVE_ESTIMATORS:
             raise ConfigError(source, "fitness.adaptive", f"false, or an estimator of {', '.join(ADAPTIVE_ESTIMATORS)} "
@@ -101,9 +111,9 @@ class BankFitness:
             raise ConfigError(source, "fitness.items", f"at most the bank's {self.n} items", self.k)
         self.pirt_mae = self.bank.diagnostics.get("heldout_mae")
         if settings.estimator == "gpirt" and not isinstance(self.pirt_mae, float):
-            raise ConfigError(settings.bank, "diagnostics.heldout_mae", "a held-out error (calibrate with --holdout > 0) "
+            raise ConfigError(bank, "diagnostics.heldout_mae", "a held-out error (calibrate with --holdout > 0) "
                               "for estimator 'gpirt'", self.pirt_mae)
-        self.history = source_matrix(self.bank, settings.bank) if settings.recalibrate_every else None
+        self.history = source_matrix(self.bank, bank) if settings.recalibrate_every else None
         self.anchors: Anchors = ANCHORS.get(settings.anchors)(self.params, self.k, seed=seed, theta=0.0)
         self.rows: list[tuple[np.ndarray, np.ndarray]] = []
         self.incumbent: float | None = None
@@ -114,7 +124,8 @@ class BankFitness:
         self.source_thetas: dict[str, float | np.ndarray] = {}
 
     def set_sources(self, answers: Mapping[str, np.ndarray]) -> None:
-        """Source models' full answers on the bank's items; their abilities anchor ``mpirt``'s prior."""
+        """Source models' full answers on the bank's items; their abilities (MAP under N(0, I)) anchor
+        ``mpirt``'s prior and are ``mp-irt``'s parents' abilities."""
         self.source_answers = {m: np.asarray(a, dtype=float) for m, a in answers.items()}
         self.source_thetas = {m: estimate_ability(self.params, a)[0] for m, a in self.source_answers.items()}
 
@@ -124,6 +135,14 @@ class BankFitness:
         if missing:
             raise UserError(f"mpirt: no ability for source model(s) {', '.join(missing)}")
         return recipe_prior([self.source_thetas[m] for m in mixing], list(mixing.values()))
+
+    def parent_thetas(self, parents: Sequence[str]) -> np.ndarray:
+        """``mp-irt``'s Θ: the abilities of the recipe's parent models, one row each."""
+        missing = [m for m in parents if m not in self.source_thetas]
+        if missing or not parents:
+            raise UserError(f"{self.settings.estimator}: no ability in bank {self.bank_path} for parent model(s) "
+                            f"{', '.join(missing) or '(the recipe names none)'}")
+        return np.array([np.atleast_1d(self.source_thetas[m]) for m in parents])
 
     def share(self, front: Sequence[tuple[np.ndarray, float, bool]]) -> None:
         """The driver's Pareto front as (costs, accuracy, verified): verified accuracies raise the
@@ -140,10 +159,12 @@ class BankFitness:
             return front_threshold(self.evaluated + self.shared, costs)
         return self.incumbent
 
-    def evaluate(self, answer: Answer, prior: ThetaPrior | None = None, costs: np.ndarray | None = None) -> Scored:
+    def evaluate(self, answer: Answer, prior: ThetaPrior | None = None, costs: np.ndarray | None = None,
+                 parent_thetas: np.ndarray | None = None) -> Scored:
         """Anchors, adaptive extension, verification of a new best, and the periodic refit.
 
-        ``costs``: the candidate's other objectives, smaller is better (used by ``threshold: front``)."""
+        ``costs``: the candidate's other objectives, smaller is better (used by ``threshold: front``);
+        ``parent_thetas``: the recipe's parents' abilities (``mp-irt``, ``gmp-irt``)."""
         s = self.settings
         if s.adaptive and self.incumbent is not None:
             result = adaptive_evaluate(answer, self.params, self.anchors.items, self.threshold(costs),
@@ -153,7 +174,7 @@ class BankFitness:
             items = self.anchors.items
             correct = np.asarray(answer(items), dtype=float)
             estimate = ESTIMATORS.get(s.estimator)(self.params, items, correct, weights=self.anchors.weights,
-                                                   prior=prior, pirt_mae=self.pirt_mae)
+                                                   prior=prior, pirt_mae=self.pirt_mae, parent_thetas=parent_thetas)
         value, stderr = estimate.value, estimate.stderr
         if self.incumbent is None:  # the first candidate answers everything: the first incumbent
             rest = np.setdiff1d(np.arange(self.n), items)
@@ -176,6 +197,21 @@ class BankFitness:
         if s.recalibrate_every and len(self.rows) % s.recalibrate_every == 0:
             self.refit()
         return Scored(value, stderr, items, correct, verified)
+
+    def complete(self, answer: Answer, scored: Scored) -> Scored:
+        """Answer every item the last evaluation (``scored``) left out: its exact accuracy, which may
+        raise the incumbent; the run's answers and the front's point for it are replaced (a refit
+        already made at that evaluation keeps the partial row, missing by design)."""
+        rest = np.setdiff1d(np.arange(self.n), scored.items)
+        items = np.concatenate([scored.items, rest])
+        correct = np.concatenate([scored.correct, np.asarray(answer(rest), dtype=float)])
+        value = float(correct.mean())
+        self.incumbent = value if self.incumbent is None else max(self.incumbent, value)
+        if self.settings.recalibrate_every:
+            self.rows[-1] = (items, correct)
+        if self.evaluated:
+            self.evaluated[-1] = (self.evaluated[-1][0], value)
+        return Scored(value, 0.0, items, correct, True)
 
     def refit(self) -> None:
         """Refit on the source runs' matrix plus this run's answers; follow with anchors and abilities."""

@@ -9,29 +9,34 @@ Folder layout::
 
 Loading rebuilds the module's structure from bare architectures by materializing the recipe in
 skeleton mode (no trained weights, no data), then loads ``model.safetensors`` strictly; a MASS
-merge stores its base, task vectors and heads and is rebuilt from them.
+merge stores its base, task vectors and heads and is rebuilt from them. Loading checks the folder
+against its manifest first: the weights' and the config's sha256 and the recipe must be the ones
+recorded at export; a folder without a manifest loads with an :class:`ExportWarning`.
 """
 
 from __future__ import annotations
 
 import json
 import platform
+import warnings
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from evomerge import __version__
-from evomerge.errors import UserError
+from evomerge.errors import ConfigError, UserError, config_error, read_json
 from evomerge.recipe.materialize import Materialized, build_mass, materialize
 from evomerge.recipe.merged import MassMerge
 from evomerge.recipe.schema import WeightsRecipe, parse_recipe
-from evomerge.search.run_folder import RunFolder, read_json
+from evomerge.settings import Seed
 from evomerge.zoo.adapter import LayeredAdapter
 from evomerge.zoo.catalog import Zoo, file_sha256, new_net
-from evomerge.zoo.specs import ModelSpec
+from evomerge.zoo.specs import ModelSpec, default_specs
 
 FORMAT = "evomerge-export/1"
 LIBRARIES = ("torch", "numpy", "scipy", "pot", "optuna", "deap", "ray", "transformers", "safetensors", "pydantic")
@@ -56,10 +61,7 @@ class SkeletonSources:
 
 def recipe_models(recipe: Any) -> list[str]:
     """Zoo ids a recipe uses."""
-    r = parse_recipe(recipe)
-    if isinstance(r, WeightsRecipe):
-        return [r.base, *r.models]
-    return [r.trunk, *(b.model for b in r.branches)]
+    return [model for _, model in parse_recipe(recipe).model_refs()]
 
 
 def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -81,48 +83,6 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return found
-
-
-def find_candidate(folder: RunFolder, candidate: str = "best") -> dict[str, Any]:
-    """The candidate's record: ``best`` (from summary.json) or an id (from evaluations.jsonl)."""
-    summary = read_json(folder.summary_path) if folder.summary_path.exists() else {}
-    front = {c["id"]: c for c in [summary.get("best") or {}, *summary.get("pareto", [])] if c}
-    if candidate == "best":
-        if not summary.get("best"):
-            raise UserError(f"{folder.summary_path}: no best candidate recorded (is the run finished?)")
-        return summary["best"]
-    if candidate in front:
-        return front[candidate]
-    rows = [r for r in folder.read_evaluations() if r.get("id") == candidate]
-    if not rows:
-        raise UserError(f"{folder.evaluations_path}: no candidate '{candidate}'")
-    if rows[-1].get("status") != "ok":
-        raise UserError(f"{folder.evaluations_path}: candidate '{candidate}' failed ({rows[-1].get('error')}); nothing to export")
-    return rows[-1]
-
-
-def export_candidate(run_dir: str | Path, out: str | Path, candidate: str = "best") -> Path:
-    """Materialize a run's candidate from the zoo and write it as a model folder."""
-    run_dir, out = Path(run_dir), Path(out)
-    folder = RunFolder(run_dir)
-    space = folder.load_space()
-    record = find_candidate(folder, candidate)
-    zoo = Zoo(seed=space.zoo.seed)
-    ids = recipe_models(record["recipe"])
-    zoo.build(workers=1, ids=ids)
-    built = materialize(record["recipe"], zoo)
-    tasks = {t.name: f"{t.dataset}/{t.condition}" for t in space.tasks}
-    manifest = {
-        "candidate": record["id"],
-        "run": str(run_dir.resolve()),
-        "space": space.name,
-        "seed": space.seed,
-        "sources": [{"id": i, "sha256": zoo.record(i)["sha256"], "weights": zoo.weights_path(i).name,
-                     "test_accuracy": zoo.record(i)["test_accuracy"]} for i in ids],
-        "fitness": {"objectives": record.get("objectives"), "full_test_accuracy": record.get("full_test_accuracy"),
-                    "test_metrics": record.get("test_metrics")},
-    }
-    return save_export(out, built, record["recipe"], {i: zoo.spec(i) for i in ids}, space.zoo.seed, tasks, manifest)
 
 
 def save_export(
@@ -155,27 +115,153 @@ def save_export(
         "params": built.params,
         "added_params": built.added_params,
         "weights_sha256": file_sha256(weights),
+        "config_sha256": file_sha256(out / "config.json"),
         "versions": _versions(),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return out
 
 
-def load_exported(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild an exported merged model (eval mode) and return it with its config."""
+class ExportWarning(UserWarning):
+    """An export that loads but cannot be checked (no manifest)."""
+
+
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class ExportConfig(BaseModel):
+    """``config.json``: what rebuilding the model needs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal[FORMAT]  # type: ignore[valid-type]
+    recipe: dict[str, Any]
+    sources: dict[str, ModelSpec]
+    zoo_seed: Seed
+    tasks: dict[str, str]
+
+
+class SourceRecord(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    sha256: Sha256 | None = None
+
+
+class Manifest(BaseModel):
+    """The fields of ``manifest.json`` that loading and ``evaluate`` check (others are kept as written)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format: Literal[FORMAT]  # type: ignore[valid-type]
+    recipe: dict[str, Any]
+    zoo_seed: Seed
+    weights_sha256: Sha256
+    config_sha256: Sha256 | None = None
+    sources: list[SourceRecord] = []
+    fitness: dict[str, Any] = {}
+
+
+def _validated(model: type[BaseModel], path: Path, what: str) -> Any:
+    data = read_json(path, what)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise config_error(str(path), exc) from None
+
+
+def _first_difference(a: Any, b: Any, path: str) -> tuple[str, Any, Any] | None:
+    """The first field path where two JSON values differ, with both values there."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in [*a, *(k for k in b if k not in a)]:
+            found = _first_difference(a.get(k), b.get(k), f"{path}.{k}")
+            if found:
+                return found
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return next((d for i, (x, y) in enumerate(zip(a, b)) if (d := _first_difference(x, y, f"{path}[{i}]"))), None)
+    return None if a == b else (path, a, b)
+
+
+def read_manifest(path: str | Path) -> Manifest | None:
+    """The export's validated ``manifest.json``, or None when it has none."""
+    manifest_path = Path(path) / "manifest.json"
+    if not manifest_path.exists():
+        return None
+    return _validated(Manifest, manifest_path, "an evomerge export manifest")
+
+
+def verify_export(path: str | Path) -> tuple[ExportConfig, dict[str, torch.Tensor], Manifest | None]:
+    """Read an export's config, weights and manifest, and check them against each other.
+
+    Every problem is a :class:`UserError` naming the file: unreadable or invalid files, weights that
+    are not a complete safetensors file, weights or config whose sha256 or recipe differ from what the
+    manifest recorded at export. Without a manifest nothing can be checked: an :class:`ExportWarning`.
+    """
     path = Path(path)
-    cfg_path, weights = path / "config.json", path / "model.safetensors"
+    cfg_path, weights, manifest_path = path / "config.json", path / "model.safetensors", path / "manifest.json"
     if not cfg_path.exists() or not weights.exists():
         raise UserError(f"{path}: not an evomerge export (needs config.json and model.safetensors)")
-    config = json.loads(cfg_path.read_text())
-    if config.get("format") != FORMAT:
-        raise UserError(f"{cfg_path}: field 'format': expected '{FORMAT}', got {config.get('format')!r}")
-    sources = SkeletonSources({i: ModelSpec(**s) for i, s in config["sources"].items()}, config["zoo_seed"])
-    built = materialize(config["recipe"], sources, skeleton=True)
-    tensors = load_file(str(weights))
+    config = _validated(ExportConfig, cfg_path, "an evomerge export config")
+    recipe = parse_recipe(config.recipe, str(cfg_path), "recipe").model_dump(mode="json")
+    try:
+        tensors = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise UserError(f"{weights}: not a complete safetensors file ({exc}); the export is damaged") from None
+    manifest = read_manifest(path)
+    if manifest is None:
+        warnings.warn(f"{path}: no manifest.json, so the weights, the recipe and the accuracy cannot be checked "
+                      "against the export's record", ExportWarning, stacklevel=2)
+        return config, tensors, None
+    if (actual := file_sha256(weights)) != manifest.weights_sha256:
+        raise UserError(f"{weights}: sha256 {actual} differs from {manifest_path}'s weights_sha256 "
+                        f"{manifest.weights_sha256}: the weights were changed after export")
+    recorded = parse_recipe(manifest.recipe, str(manifest_path), "recipe").model_dump(mode="json")
+    if diff := _first_difference(recipe, recorded, "recipe"):
+        field, now, then = diff
+        raise ConfigError(str(cfg_path), field, f"{then!r} as {manifest_path} records (one of the two was edited after export)", now)
+    if config.zoo_seed != manifest.zoo_seed:
+        raise ConfigError(str(cfg_path), "zoo_seed", f"{manifest.zoo_seed} as {manifest_path} records", config.zoo_seed)
+    if manifest.config_sha256 is not None and (actual := file_sha256(cfg_path)) != manifest.config_sha256:
+        raise UserError(f"{cfg_path}: sha256 {actual} differs from {manifest_path}'s config_sha256 "
+                        f"{manifest.config_sha256}: the config was changed after export")
+    return config, tensors, manifest
+
+
+def check_sources(config: ExportConfig, manifest: Manifest, zoo_root: Path | None = None) -> tuple[list[str], list[str]]:
+    """Compare the manifest's source hashes with the local zoo's trained weights where those are built.
+
+    Returns the mismatches (messages) and the ids that could not be checked (not built here)."""
+    specs = {s.id: s for s in default_specs()} | config.sources
+    try:
+        zoo = Zoo(seed=config.zoo_seed, cache_dir_=zoo_root, specs=list(specs.values()))
+    except UserError:  # a source's base model is unknown here: nothing to compare with
+        return [], [s.id for s in manifest.sources]
+    mismatches, unchecked = [], []
+    for source in manifest.sources:
+        if source.sha256 is None or source.id not in config.sources or not zoo.is_built(source.id):
+            unchecked.append(source.id)
+        elif (actual := file_sha256(zoo.weights_path(source.id))) != source.sha256:
+            mismatches.append(f"source {source.id}: the zoo's {zoo.weights_path(source.id)} has sha256 {actual}, "
+                              f"the manifest records {source.sha256} (the sources were trained differently here)")
+    return mismatches, unchecked
+
+
+def load_exported(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild an exported merged model (eval mode) and return it with its config.
+
+    The folder is checked first (:func:`verify_export`): a damaged or tampered export is a
+    :class:`UserError` naming the file; one without a manifest loads with an :class:`ExportWarning`."""
+    path = Path(path)
+    config, tensors, _ = verify_export(path)
+    sources = SkeletonSources(config.sources, config.zoo_seed)
+    try:
+        built = materialize(config.recipe, sources, skeleton=True)
+    except (KeyError, ValueError) as exc:
+        raise UserError(f"{path / 'config.json'}: the recipe cannot be rebuilt ({exc})") from None
     module = built.module
     if isinstance(module, MassMerge):
-        recipe = parse_recipe(config["recipe"])
+        recipe = parse_recipe(config.recipe)
         assert isinstance(recipe, WeightsRecipe)
         n = len(module.tasks)
 
@@ -189,5 +275,5 @@ def load_exported(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     try:
         module.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
-        raise UserError(f"{weights}: weights do not fit the rebuilt model: {exc}") from None
-    return module.eval(), config
+        raise UserError(f"{path / 'model.safetensors'}: weights do not fit the rebuilt model: {exc}") from None
+    return module.eval(), config.model_dump(mode="json")

@@ -27,6 +27,7 @@ from evomerge.core.stitch import condition_pairs, fit_stitch, tune_stitch
 from evomerge.data.conditions import list_conditions
 from evomerge.data.tasks import TaskData, load_task, parse_task_key
 from evomerge.errors import UserError
+from evomerge.recipe.kind import RecipeKind
 from evomerge.recipe.merged import HeadsMerge, MassMerge, StitchMerge, Tail
 from evomerge.recipe.schema import Branch, StitchRecipe, WeightsRecipe, parse_recipe
 from evomerge.zoo.adapter import LayeredAdapter
@@ -83,7 +84,8 @@ def fit_probes(branch: Branch, dataset: str, data_seed: int, recipe_seed: int) -
     return [probe(task, idx, cond)]
 
 
-def _stitch(recipe: StitchRecipe, sources: Sources, cache: ActivationCache | None, skeleton: bool) -> Materialized:
+def build_stitch(recipe: StitchRecipe, sources: Sources, cache: ActivationCache | None, skeleton: bool) -> Materialized:
+    """The ``stitch`` kind's module: the trunk, its stitched branch tails and their routing."""
     trunk = sources.adapter(recipe.trunk)
     tails = []
     for i, br in enumerate(recipe.branches):
@@ -133,7 +135,8 @@ def build_mass(net: nn.Module, base: dict, taus: list[dict], heads: list[dict], 
                 temperature=m.temperature, threshold=m.threshold, **params)
 
 
-def _weights(recipe: WeightsRecipe, sources: Sources) -> Materialized:
+def build_weights(recipe: WeightsRecipe, sources: Sources) -> Materialized:
+    """The ``weights`` kind's module: the merged trunk with each fine-tune's head (or MASS routing)."""
     base_adapter = sources.adapter(recipe.base)
     base = base_adapter.state_dict()
     specs = [sources.spec(m) for m in recipe.models]
@@ -165,15 +168,14 @@ def _weights(recipe: WeightsRecipe, sources: Sources) -> Materialized:
 
 
 def materialize(
-    recipe: dict | StitchRecipe | WeightsRecipe,
+    recipe: dict | RecipeKind,
     sources: Sources,
     cache: ActivationCache | None = None,
     skeleton: bool = False,
 ) -> Materialized:
-    """Build the merged module of ``recipe`` from ``sources`` (``cache``: activations reused across calls)."""
+    """Build the merged module of ``recipe`` from ``sources`` (``cache``: activations reused across calls)
+    by its kind's :meth:`~evomerge.recipe.kind.RecipeKind.build`, under the recipe's seed."""
     r = parse_recipe(recipe)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(r.seed)
-        if isinstance(r, StitchRecipe):
-            return _stitch(r, sources, cache, skeleton)
-        return _weights(r, sources)
+        return r.build(sources, cache, skeleton)

@@ -1,6 +1,8 @@
-"""The Recipe: a declarative, JSON-serializable description of one merged model built from the zoo.
+"""The Recipe: a declarative, JSON-serializable description of one merged model; :func:`parse_recipe`
+validates one through :data:`~evomerge.recipe.kind.RECIPE_KINDS` by its ``kind``.
 
-Two kinds, told apart by ``kind``:
+The kinds built from the zoo (``layerwise`` and ``stack``, over Hugging Face decoders, are in
+:mod:`evomerge.recipe.layerwise` and :mod:`evomerge.recipe.stack`):
 
 * ``stitch`` — cross-architecture (seed 001, Algorithm 4): the ``trunk`` model runs up to each
   branch's ``source_layer``; an aligner maps that activation into the branch model's space at
@@ -13,27 +15,22 @@ Two kinds, told apart by ``kind``:
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator
 
-from evomerge.errors import ConfigError
+from evomerge.core.merge import MERGE_METHODS, MergeParams
+from evomerge.errors import ConfigError, config_error
+from evomerge.recipe import layerwise, stack  # noqa: F401  (registration)
+from evomerge.recipe.kind import RECIPE_KINDS, RecipeKind, Strict, _drop_nulls
 
+if TYPE_CHECKING:
+    import torch
 
-class Strict(BaseModel):
-    """Unknown fields are errors; a null field takes its default (inactive conditional genes decode to null)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _nulls_are_defaults(cls, data: Any) -> Any:
-        return _drop_nulls(data) if isinstance(data, dict) else data
-
-
-def _drop_nulls(params: dict[str, Any] | None) -> dict[str, Any]:
-    """Inactive conditional genes decode to null: a null parameter means 'use the default'."""
-    return {k: v for k, v in (params or {}).items() if v is not None}
+    from evomerge.core.probe import ActivationCache
+    from evomerge.recipe.materialize import Materialized, Sources
+    from evomerge.recipe.stream import MergePlan
 
 
 class AlignerSpec(Strict):
@@ -93,16 +90,31 @@ class GateSpec(Strict):
     epochs: Annotated[int, Field(ge=1)] = 300
 
 
-class StitchRecipe(Strict):
+@RECIPE_KINDS.register("stitch")
+class StitchRecipe(RecipeKind):
     kind: Literal["stitch"]
     trunk: str
     trunk_weight: Weight = 1.0
     branches: Annotated[list[Branch], Field(min_length=1)]
     routing: Literal["mixture", "confidence", "learned"] = "mixture"
     gate: GateSpec = GateSpec()
-    seed: int = 0
 
+    def model_refs(self) -> list[tuple[str, str]]:
+        return [("trunk", self.trunk), *((f"branches[{i}].model", b.model) for i, b in enumerate(self.branches))]
 
+    def mixing(self, task_key: str) -> dict[str, float]:
+        """The routing weights for ``task_key``, summed per model."""
+        from evomerge.recipe.merged import weight_for
+
+        mixing = {self.trunk: weight_for(self.trunk_weight, task_key)}
+        for br in self.branches:
+            mixing[br.model] = mixing.get(br.model, 0.0) + weight_for(br.weight, task_key)
+        return mixing
+
+    def build(self, sources: Sources, cache: ActivationCache | None, skeleton: bool) -> Materialized:
+        from evomerge.recipe.materialize import build_stitch
+
+        return build_stitch(self, sources, cache, skeleton)
 class MassSpec(Strict):
     """MASS routing (Crisostomi et al. 2025) over the tasks' subspaces at the Linear ``layer``.
 
@@ -116,29 +128,60 @@ class MassSpec(Strict):
     threshold: float | None = None
 
 
-class WeightsRecipe(Strict):
+@RECIPE_KINDS.register("weights")
+class WeightsRecipe(RecipeKind):
     kind: Literal["weights"]
+    tensorwise: ClassVar[bool] = True
     base: str
     models: Annotated[list[str], Field(min_length=1)]
     method: str
     params: dict[str, Any] = {}
     mass: MassSpec | None = None
-    seed: int = 0
 
     _clean = field_validator("params", mode="before")(_drop_nulls)
 
+    def model_refs(self) -> list[tuple[str, str]]:
+        return [("base", self.base), *((f"models[{i}]", m) for i, m in enumerate(self.models))]
 
-Recipe = Annotated[Union[StitchRecipe, WeightsRecipe], Field(discriminator="kind")]
-_ADAPTER: TypeAdapter[StitchRecipe | WeightsRecipe] = TypeAdapter(Recipe)
+    def build(self, sources: Sources, cache: ActivationCache | None, skeleton: bool) -> Materialized:
+        from evomerge.recipe.materialize import build_weights
+
+        return build_weights(self, sources)
+
+    @property
+    def in_place(self) -> bool:
+        """Over model sources every floating tensor merges with ``params``; MASS routing needs a module of its own."""
+        return self.mass is None or not self.mass.enabled
+
+    def resolver(self, layers: int) -> Callable[[str], MergeParams | None]:
+        """The same parsed ``params`` for every tensor (a DARE seed defaults to the recipe's)."""
+        m = MERGE_METHODS.get(self.method)
+        parsed = m.parse({**({"seed": self.seed} if "seed" in m.Params.model_fields else {}), **self.params})
+        return lambda name: parsed
+
+    def plan(self, source: str, out_dtype: torch.dtype | None, compute_dtype: torch.dtype,
+             keep_embeddings_from: str | None) -> MergePlan:  # fmt: skip
+        """``base + merge(tau_1..tau_T)`` by ``method``, tensor by tensor (:func:`~evomerge.recipe.stream.plan_recipe`)."""
+        from evomerge.recipe.stream import plan_recipe
+
+        if not self.in_place:
+            raise ConfigError(source, "mass", "no MASS routing (it needs the whole model resident; export the run instead)")
+        return plan_recipe(self.method, self.base, self.models, self.resolver(0), None, out_dtype, compute_dtype,
+                           keep_embeddings_from)
 
 
-def parse_recipe(data: Any, source: str = "recipe") -> StitchRecipe | WeightsRecipe:
-    """Validate a recipe dict; errors name the field path and what was expected."""
-    if isinstance(data, (StitchRecipe, WeightsRecipe)):
+def parse_recipe(data: Any, source: str = "recipe", prefix: str = "") -> RecipeKind:
+    """Validate a recipe dict as the kind its ``kind`` names; a ConfigError names ``source``, the field
+    path under ``prefix`` and what was expected (an unknown kind: the registered kinds)."""
+    if isinstance(data, RecipeKind):
         return data
+    where = ".".join(p for p in (prefix, "kind") if p)
+    if not isinstance(data, dict):
+        raise ConfigError(source, prefix or "<root>", "a mapping of recipe fields", type(data).__name__)
+    name = data.get("kind")
+    if not isinstance(name, str) or name not in RECIPE_KINDS:
+        raise ConfigError(source, where, f"a recipe kind ({', '.join(RECIPE_KINDS.names())})", name)
     try:
-        return _ADAPTER.validate_python(data)
+        return RECIPE_KINDS.get(name).model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "union")))
-        raise ConfigError(source, loc or "(recipe)", err["msg"][:1].lower() + err["msg"][1:], err.get("input")) from None
+        raise config_error(source, exc, prefix) from None

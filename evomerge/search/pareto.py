@@ -19,11 +19,15 @@ def fitness_class(directions: Sequence[str]) -> type[base.Fitness]:
 
 
 def pareto_front(values: Sequence[Sequence[float]], directions: Sequence[str]) -> list[int]:
-    """Indices (ascending) of the points no other point dominates."""
-    if not values:
+    """Indices (ascending) of the points no other point dominates, each distinct objective vector
+    once: points with identical values are represented by the earliest."""
+    first: dict[tuple[float, ...], int] = {}
+    for i, v in enumerate(values):
+        first.setdefault(tuple(v), i)
+    if not first:
         return []
     fitness = fitness_class(directions)
-    points = [_Point(fitness(tuple(v)), i) for i, v in enumerate(values)]
+    points = [_Point(fitness(v), i) for v, i in first.items()]
     front = tools.sortNondominated(points, len(points), first_front_only=True)[0]
     return sorted(p.index for p in front)
 

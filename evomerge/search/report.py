@@ -16,10 +16,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 
-from evomerge.errors import UserError  # noqa: E402
+from evomerge.console import figure  # noqa: E402
+from evomerge.errors import UserError, read_json  # noqa: E402
 from evomerge.search.engines.random_search import RandomSearch  # noqa: E402
 from evomerge.search.pareto import pareto_front  # noqa: E402
-from evomerge.search.run_folder import RunFolder, read_json  # noqa: E402
+from evomerge.search.run_folder import RunFolder  # noqa: E402
+from evomerge.search.runner import describe  # noqa: E402
 from evomerge.search.space import EngineSpec, SearchSpace  # noqa: E402
 
 
@@ -58,15 +60,30 @@ def _plot_fitness(space: SearchSpace, records: list[dict[str, Any]], path: Path)
     plt.close(fig)
 
 
+def _scale_if_wide(ax: Any, axis: str, values: list[float]) -> str:
+    """Make ``axis`` logarithmic (symlog with zeros) when its non-negative values span more than
+    two decades; the label suffix saying so."""
+    positive = [v for v in values if v > 0]
+    if not positive or min(values) < 0 or max(positive) / min(positive) <= 100:
+        return ""
+    set_scale = ax.set_xscale if axis == "x" else ax.set_yscale
+    if len(positive) == len(values):
+        set_scale("log")
+    else:
+        set_scale("symlog", linthresh=min(positive))
+    return ", log scale"
+
+
 def _plot_pareto(space: SearchSpace, ok: list[dict[str, Any]], front: list[int], path: Path) -> None:
+    """The second objective (a cost, e.g. added parameters) across, the first up."""
     a, b = space.objectives[:2]
+    xs, ys = [r["objectives"][b.name] for r in ok], [r["objectives"][a.name] for r in ok]
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
-    ax.scatter([r["objectives"][a.name] for r in ok], [r["objectives"][b.name] for r in ok], s=10, alpha=0.5,
-               label="candidates")
-    pts = sorted((ok[i]["objectives"][a.name], ok[i]["objectives"][b.name]) for i in front)
+    ax.scatter(xs, ys, s=10, alpha=0.5, label="candidates")
+    pts = sorted((xs[i], ys[i]) for i in front)
     ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color="C3", label="Pareto front")
-    ax.set_xlabel(f"{a.name} ({a.direction})")
-    ax.set_ylabel(f"{b.name} ({b.direction})")
+    ax.set_xlabel(f"{b.name} ({b.direction}{_scale_if_wide(ax, 'x', xs)})")
+    ax.set_ylabel(f"{a.name} ({a.direction}{_scale_if_wide(ax, 'y', ys)})")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -84,7 +101,7 @@ def _plot_importance(importance: dict[str, float], path: Path) -> None:
 
 
 def _fmt(objectives: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.4g}" for k, v in objectives.items())
+    return ", ".join(f"{k} {figure(v)}" for k, v in objectives.items())
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -101,13 +118,17 @@ def write_report(run_dir: str | Path) -> Path:
     lines = [f"# Run {folder.path.name}", "",
              f"- space `{space.name}`, engine `{space.engine.name}`, seed {space.seed}",
              f"- evaluations {len(records)} ({len(records) - len(ok)} failed), "
-             f"wall time {records[-1]['elapsed_s']:.1f} s", ""]
+             f"wall time {summary.get('wall_s', records[-1]['elapsed_s']):.1f} s", ""]
     _plot_fitness(space, records, out / "fitness.png")
     lines += ["![fitness over evaluations](fitness.png)", ""]
     best = summary.get("best")
     if best:
-        lines += ["## Best", "", f"`{best['id']}`: {_fmt(best['objectives'])}; "
-                  f"full test accuracy {best.get('full_test_accuracy')}", ""]
+        lines += ["## Best", "", f"`{best['id']}`: {describe(space, best)}", ""]
+        if best.get("estimates"):  # IRT fitness: each task's estimate (validation) and the combination
+            lines += ["| task | estimator | accuracy | stderr | items | verified |", "|---|---|---|---|---|---|"]
+            lines += [f"| {e['task']} | {e['estimator']} | {e['value']:.4f} | {e['stderr']:.4f} | {e['items']:,} | "
+                      f"{'yes' if e['verified'] else 'no'} |" for e in best["estimates"]]
+            lines += [""]
     if len(space.objectives) > 1 and ok:
         front = pareto_front([space.record_values(r) for r in ok], space.directions)
         _plot_pareto(space, ok, front, out / "pareto.png")

@@ -17,9 +17,11 @@ import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from evomerge.console import Steps, figure
 from evomerge.distributed.pool import EvalResult, Pool
 from evomerge.fitness.responses import ResponseLog
 from evomerge.search.engines import ENGINES, Candidate, Engine
@@ -41,7 +43,7 @@ class SearchRunner:
         self.space, self.pool, self.final_eval = space, pool, final_eval
         self.folder = RunFolder(run_dir)
         if resume:
-            self.folder.require_existing()
+            self.folder.require_resumable()
         else:
             self.folder.create(dump_space(space))
         self.records = self.folder.read_evaluations(repair=True)
@@ -94,6 +96,8 @@ class SearchRunner:
             "objectives": objectives, "metrics": result.objectives, "wall_s": result.wall_s,
             "items": sum(len(r.items) for r in result.responses), "elapsed_s": self.elapsed_s(),
         }
+        if result.estimates:
+            record["estimates"] = [asdict(e) for e in result.estimates]
         if error is not None:
             record["error"] = error
         return record
@@ -172,10 +176,15 @@ class SearchRunner:
         directions = self.space.directions
         best = best_index(values, directions)
         front = pareto_front(values, directions) if len(directions) > 1 else ([best] if best is not None else [])
+        members = list(dict.fromkeys(ok[i]["id"] for i in ([best] if best is not None else []) + front))
+        by_id = {r["id"]: r for r in ok}
         tested: dict[str, dict[str, Any]] = {}
-        for i in ([best] if best is not None else []) + front:
-            if ok[i]["id"] not in tested:
-                tested[ok[i]["id"]] = self._entry(ok[i], final)
+        retest = final and self.final_eval is not None
+        with Steps("test split", len(members) if retest else 0, quiet=not self.show_progress) as steps:
+            for cid in members:
+                steps.begin(f"re-evaluating {cid}")
+                tested[cid] = self._entry(by_id[cid], final)
+                steps.advance()
         primary = [v[0] for v in values]
         return {
             "space": self.space.name,
@@ -192,7 +201,7 @@ class SearchRunner:
         }
 
     def _entry(self, record: dict[str, Any], final: bool) -> dict[str, Any]:
-        entry = {k: record[k] for k in ("id", "recipe", "genome", "objectives")}
+        entry = {k: record[k] for k in ("id", "recipe", "genome", "objectives", "estimates") if k in record}
         entry["full_test_accuracy"] = None
         if final and self.final_eval is not None:
             try:
@@ -202,6 +211,22 @@ class SearchRunner:
             except Exception as exc:  # a failing re-evaluation is reported, not fatal
                 entry["test_error"] = f"{type(exc).__name__}: {exc}"
         return entry
+
+
+def describe(space: SearchSpace, entry: Mapping[str, Any]) -> str:
+    """A summary entry's objectives by metric key, estimated accuracies with their stderr, accuracies
+    with their test figure: ``accuracy/mean 0.7864 ± 0.0120 (test 0.7801), added_params 12,345``."""
+    test = entry.get("test_metrics") or {}
+    stderr = {e["task"]: e["stderr"] for e in entry.get("estimates", []) if e["stderr"] > 0}
+    parts = []
+    for o in space.objectives:
+        text = f"{o.key} {figure(entry['objectives'][o.name])}"
+        if o.metric == "accuracy" and o.task in stderr:
+            text += f" ± {figure(stderr[o.task])}"
+        if o.metric == "accuracy" and test.get(o.key) is not None:
+            text += f" (test {figure(test[o.key])})"
+        parts.append(text)
+    return ", ".join(parts)
 
 
 def run_search(space: SearchSpace, pool: Pool, run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:

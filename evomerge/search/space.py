@@ -2,49 +2,55 @@
 
 A space names the models and tasks, a ``recipe`` template whose ``{gene: NAME}``
 mappings are filled from a genome, the genes (categorical, int, float; optionally
-conditional through ``when``), objectives, constraints, the engine, the budget, the
-fitness estimator and the resources. Every mistake becomes a :class:`ConfigError`
-naming the file, the field path (``genes[2].low``) and what was expected.
+conditional through ``when``; an array gene with a ``shape`` fills a nested list, its elements
+``NAME[i,j]`` being the scalar genes engines search, :attr:`SearchSpace.scalar_genes`),
+objectives, constraints, the engine, the budget, the fitness estimator and the resources. Every
+mistake becomes a :class:`ConfigError` naming the file, the field path (``genes[2].low``) and what
+was expected. The recipe template is
+checked at load too: decoded with sample genomes, each recipe must pass the recipe schema and name
+only the space's models (:func:`check_recipes`), so a typo fails before any candidate runs.
+
+Models are zoo ids or source entries (``{name, source: zoo|hf|torch, ...}``, opened through
+:func:`evomerge.sources.open_source`: headers and configs only); tasks are built-in datasets or item
+files (``{name, items, format, metric}``, read through :func:`evomerge.items.load_items`). Paths are
+relative to the space file and kept absolute, so the run folder's copy loads from anywhere. A weight
+merge over Hugging Face sources is checked for one architecture and one vocabulary (or
+``backbone_only``) at load.
 """
 
 from __future__ import annotations
 
+import itertools
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, Union
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
+    Discriminator,
     Field,
     PrivateAttr,
     StrictBool,
     StrictFloat,
     StrictInt,
     StrictStr,
+    Tag,
     ValidationError,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 
-from evomerge.errors import ConfigError
+from evomerge.errors import ConfigError, FieldIssue, UserError, config_error, read_text
+from evomerge.recipe.schema import RECIPE_KINDS, parse_recipe
+from evomerge.settings import FitnessSettings, Resources, Seed, Strict, ZooSettings
+
+if TYPE_CHECKING:
+    from evomerge.items import ItemSet
+    from evomerge.sources import Source
 
 Scalar = Union[StrictBool, StrictInt, StrictFloat, StrictStr, None]
-
-
-class FieldIssue(ValueError):
-    """Raised inside validators: ``field`` is the path below the validated model."""
-
-    def __init__(self, field: str, expected: str, got: object = None):
-        self.field, self.expected, self.got = field, expected, got
-        super().__init__(f"{field}: expected {expected}")
-
-
-class Strict(BaseModel):
-    """Base of every schema model: unknown fields are errors."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 #: A probability setting of an engine, in [0, 1].
@@ -54,6 +60,16 @@ Probability = Annotated[float, Field(ge=0, le=1)]
 class _GeneBase(Strict):
     name: Annotated[str, Field(min_length=1)]
     when: dict[str, Union[Scalar, list[Scalar]]] | None = None
+    #: an array gene's shape: ``{gene: NAME}`` decodes to a nested list of it
+    shape: Annotated[list[Annotated[StrictInt, Field(ge=1)]], Field(min_length=1)] | None = None
+
+    def elements(self) -> list[Self]:
+        """The scalar genes engines see: this gene, or one per element of its shape, named
+        ``NAME[i,j,...]`` (``w[0,2,1]``) and carrying its bounds and ``when``."""
+        if self.shape is None:
+            return [self]
+        return [self.model_copy(update={"name": f"{self.name}[{','.join(map(str, index))}]", "shape": None})
+                for index in itertools.product(*map(range, self.shape))]
 
 
 class CategoricalGene(_GeneBase):
@@ -107,17 +123,86 @@ class FloatGene(_NumericGene):
 
 Gene = Annotated[Union[CategoricalGene, IntGene, FloatGene], Field(discriminator="type")]
 GENE_TYPES = ("categorical", "int", "float")
-
-
-class ZooSettings(Strict):
-    seed: int = 0
+TASK_FORMS = ("builtin", "item_file")
+#: The discriminated unions of a space file, for error messages.
+TAGS = {"type": ("a gene type", GENE_TYPES), "task": ("a task form", TASK_FORMS)}
 
 
 class TaskSpec(Strict):
+    """A built-in dataset under a condition; ``weight`` its share of ``accuracy/mean``; ``bank`` its item
+    bank file for IRT fitness (required on every task when a space with several tasks uses an IRT estimator)."""
+
     name: Annotated[str, Field(min_length=1)]
     dataset: str
     condition: str = "all"
     weight: Annotated[float, Field(gt=0)] = 1.0
+    bank: str | None = None
+
+
+class ItemTaskSpec(Strict):
+    """Items read from a file at load: ``items`` (relative to the space file), its ``format`` block
+    (inline, or a YAML file holding it), the scorer's ``metric`` that gives the 0/1 answers, and the
+    seeded split (``seed``, ``val_fraction`` of the items without a ``split`` field go to ``val``); ``weight``
+    and ``bank`` as for built-in tasks."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    items: Path
+    format: Union[dict[str, Any], Path]
+    metric: str
+    seed: Seed = 0
+    val_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5
+    weight: Annotated[float, Field(gt=0)] = 1.0
+    bank: str | None = None
+    _item_set: ItemSet = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _load(self, info: ValidationInfo) -> ItemTaskSpec:
+        from evomerge.items import SCORERS, load_items, parse_format
+        from evomerge.items.readers import format_block
+
+        base, source = _location(info)
+        self.items = (base / self.items).absolute()
+        if not self.items.is_file():
+            raise FieldIssue("items", "an existing item file", str(self.items))
+        if isinstance(self.format, Path):
+            file = base / self.format
+            if not file.is_file():
+                raise FieldIssue("format", "a format block, or an existing YAML file holding one", str(file))
+            fmt = parse_format(*format_block(str(file)))
+        else:
+            try:
+                fmt = parse_format(self.format, source)
+            except ConfigError as err:
+                raise FieldIssue(err.field, err.expected, err.got) from None
+        self.format = fmt.model_dump(mode="json")
+        metrics = SCORERS.get(fmt.type).metrics
+        if self.metric not in metrics:
+            raise FieldIssue("metric", f"a metric of the {fmt.type} scorer ({', '.join(metrics)})", self.metric)
+        self._item_set = load_items(self.items, fmt, seed=self.seed, val_fraction=self.val_fraction, name=self.name)
+        return self
+
+    @property
+    def item_set(self) -> ItemSet:
+        """Every item of the file, with ids and splits."""
+        return self._item_set
+
+
+def _task_form(value: Any) -> str:
+    if isinstance(value, (TaskSpec, ItemTaskSpec)):
+        return "item_file" if isinstance(value, ItemTaskSpec) else "builtin"
+    return "item_file" if isinstance(value, Mapping) and "items" in value else "builtin"
+
+
+Task = Annotated[Union[Annotated[TaskSpec, Tag("builtin")], Annotated[ItemTaskSpec, Tag("item_file")]],
+                 Discriminator(_task_form)]
+#: A ``models`` entry: a zoo model id, or a source such as ``{name: a, source: hf, path: models/a}``.
+ModelEntry = Union[StrictStr, dict[str, Any]]
+
+
+def _location(info: ValidationInfo) -> tuple[Path, str]:
+    """The space file's folder (what relative paths start from) and its name, from the context."""
+    context = info.context or {}
+    return context.get("base") or Path(), context.get("source", "<space>")
 
 
 class Constraints(Strict):
@@ -164,57 +249,13 @@ class Budget(Strict):
     time_s: Annotated[float, Field(gt=0)] | None = None
 
 
-class FitnessSettings(Strict):
-    """How candidates are scored: on every item (``full``) or estimated from an item bank.
-
-    ``estimator`` and ``anchors`` name entries of :mod:`evomerge.fitness`'s registries;
-    ``items`` anchor items per task; ``adaptive`` adds the most informative items in
-    batches of ``batch`` until the estimate's ``z``-interval clears the threshold (at most
-    ``max_items``): ``threshold: best`` is the incumbent (best verified accuracy), ``front`` the
-    accuracy the candidate must beat to join the Pareto front given its other objectives;
-    every ``recalibrate_every`` evaluations the bank is refitted on its source runs plus the
-    run's answers (None: never).
-    """
-
-    estimator: str = "full"
-    bank: str | None = None
-    items: Annotated[int, Field(ge=1)] | None = None
-    anchors: str = "random"
-    adaptive: bool = False
-    z: Annotated[float, Field(gt=0)] = 1.96
-    batch: Annotated[int, Field(ge=1)] = 10
-    max_items: Annotated[int, Field(ge=1)] | None = None
-    threshold: Literal["best", "front"] = "best"
-    recalibrate_every: Annotated[int, Field(ge=1)] | None = None
-
-    @model_validator(mode="after")
-    def _names(self) -> FitnessSettings:
-        from evomerge.fitness.anchors import ANCHORS
-        from evomerge.fitness.estimators import ESTIMATORS
-
-        if self.estimator != "full" and self.estimator not in ESTIMATORS:
-            raise FieldIssue("estimator", f"one of full, {', '.join(ESTIMATORS.names())}", self.estimator)
-        if self.anchors not in ANCHORS:
-            raise FieldIssue("anchors", f"one of {', '.join(ANCHORS.names())}", self.anchors)
-        if self.estimator != "full" and self.bank is None:
-            raise FieldIssue("bank", f"an item bank name for estimator '{self.estimator}'")
-        return self
-
-
-class Resources(Strict):
-    workers: Annotated[int, Field(ge=1)] = 1
-    gpus_per_worker: Annotated[float, Field(ge=0)] = 0
-    cpus_per_worker: Annotated[float, Field(gt=0)] = 1
-    timeout_s: Annotated[float, Field(gt=0)] | None = None
-    max_retries: Annotated[int, Field(ge=0)] = 1
-
-
 class SearchSpace(Strict):
     name: Annotated[str, Field(min_length=1)]
-    seed: int = 0
+    seed: Seed = 0
     zoo: ZooSettings = ZooSettings()
-    models: Annotated[list[str], Field(min_length=1)]
-    tasks: Annotated[list[TaskSpec], Field(min_length=1)]
+    models: Annotated[list[ModelEntry], Field(min_length=1)]
+    tasks: Annotated[list[Task], Field(min_length=1)]
+    backbone_only: StrictBool = False
     recipe: dict[str, Any]
     genes: Annotated[list[Gene], Field(min_length=1)]
     constraints: Constraints = Constraints()
@@ -224,11 +265,34 @@ class SearchSpace(Strict):
     fitness: FitnessSettings = FitnessSettings()
     resources: Resources = Resources()
     _source: str = PrivateAttr(default="<space>")
+    _sources: dict[str, Source] = PrivateAttr(default_factory=dict)
+    _scalar_genes: list[CategoricalGene | IntGene | FloatGene] = PrivateAttr(default_factory=list)
 
     @property
     def source(self) -> str:
         """The file this space was loaded from (for error messages)."""
         return self._source
+
+    @property
+    def scalar_genes(self) -> list[CategoricalGene | IntGene | FloatGene]:
+        """The genes engines search, in order: each scalar gene, and each element of an array gene."""
+        return self._scalar_genes
+
+    @property
+    def model_names(self) -> list[str]:
+        """What recipes call the models: zoo ids and the entries' names."""
+        return [m if isinstance(m, str) else m["name"] for m in self.models]
+
+    @property
+    def sources(self) -> dict[str, Source]:
+        """The models given as source entries, opened (headers and configs read), by name."""
+        return self._sources
+
+    @property
+    def builtin_only(self) -> bool:
+        """Whether every model is a zoo id and every task a built-in dataset (the zoo evaluator's spaces;
+        the others are searched over model sources)."""
+        return all(isinstance(m, str) for m in self.models) and all(isinstance(t, TaskSpec) for t in self.tasks)
 
     @property
     def directions(self) -> list[str]:
@@ -238,6 +302,11 @@ class SearchSpace(Strict):
         """A run record's objective values, in the space's order."""
         return [record["objectives"][o.name] for o in self.objectives]
 
+    def task_banks(self) -> dict[str, str | None]:
+        """Each task's item bank: its own ``bank``, else ``fitness.bank`` in a single-task space."""
+        single = self.fitness.bank if len(self.tasks) == 1 else None
+        return {t.name: t.bank or single for t in self.tasks}
+
     def objective_values(self, metrics: Mapping[str, float]) -> list[float]:
         """The objectives' values from an evaluator's metrics; KeyError names a missing metric."""
         missing = [o.key for o in self.objectives if o.key not in metrics]
@@ -245,23 +314,102 @@ class SearchSpace(Strict):
             raise KeyError(f"evaluator reported no metric {', '.join(missing)}")
         return [float(metrics[o.key]) for o in self.objectives]
 
+    @field_validator("fitness")
+    @classmethod
+    def _fitness_names(cls, fitness: FitnessSettings) -> FitnessSettings:
+        """The estimator and anchors must be registered (the banks an estimator needs: ``_check_banks``)."""
+        from evomerge.fitness.anchors import ANCHORS
+        from evomerge.fitness.estimators import ESTIMATORS
+
+        if fitness.estimator != "full" and fitness.estimator not in ESTIMATORS:
+            raise FieldIssue("estimator", f"one of full, {', '.join(ESTIMATORS.names())}", fitness.estimator)
+        if fitness.anchors not in ANCHORS:
+            raise FieldIssue("anchors", f"one of {', '.join(ANCHORS.names())}", fitness.anchors)
+        return fitness
+
     @model_validator(mode="after")
     def _cross_references(self, info: ValidationInfo) -> SearchSpace:
-        _unique("models", self.models)
+        self._open_models(info)
+        _unique("models", self.model_names, [".name" * isinstance(m, dict) for m in self.models])
         _unique("tasks", [t.name for t in self.tasks], "name")
         _unique("genes", [g.name for g in self.genes], "name")
         _unique("objectives", [o.name for o in self.objectives], "name")
-        known = (info.context or {}).get("known_models")
-        if known is not None:
-            for i, m in enumerate(self.models):
-                if m not in known:
-                    raise FieldIssue(f"models[{i}]", f"a zoo model id (one of {', '.join(sorted(known))})", m)
+        self._check_tokenizers()
         tasks = {t.name for t in self.tasks}
         for i, o in enumerate(self.objectives):
             if o.task is not None and o.task != "mean" and o.task not in tasks:
                 raise FieldIssue(f"objectives[{i}].task", f"'mean' or a task name ({', '.join(sorted(tasks))})", o.task)
         self._check_genes()
+        self._check_banks()
         return self
+
+    def _check_banks(self) -> None:
+        """An IRT estimator needs a bank per task: ``fitness.bank`` for one task (or ``tasks[0].bank``,
+        not both), ``tasks[i].bank`` on each of several."""
+        if self.fitness.estimator == "full":
+            return
+        name = self.fitness.estimator
+        if len(self.tasks) == 1:
+            if self.fitness.bank and self.tasks[0].bank and self.fitness.bank != self.tasks[0].bank:
+                raise FieldIssue("tasks[0].bank", "no second bank beside fitness.bank (one of the two)",
+                                 self.tasks[0].bank)
+            if self.task_banks()[self.tasks[0].name] is None:
+                raise FieldIssue("fitness.bank", f"an item bank name for estimator '{name}'")
+            return
+        if self.fitness.bank is not None:
+            raise FieldIssue("fitness.bank", "no space-wide bank in a space with several tasks "
+                             "(a bank covers one task: set tasks[i].bank on each)", self.fitness.bank)
+        for i, t in enumerate(self.tasks):
+            if t.bank is None:
+                raise FieldIssue(f"tasks[{i}].bank", f"an item bank file for task '{t.name}' "
+                                 f"(estimator '{name}', one bank per task)")
+
+    def _open_models(self, info: ValidationInfo) -> None:
+        """Check zoo ids against ``known_models`` (in the context) and open each source entry, its
+        path fields made absolute; its name (given, or the source's default) is written back."""
+        from evomerge.sources import open_source
+
+        base, source = _location(info)
+        known = (info.context or {}).get("known_models")
+        zoo: dict[str, Any] = {}
+        for i, m in enumerate(self.models):
+            if isinstance(m, str):
+                if known is not None and m not in known:
+                    raise FieldIssue(f"models[{i}]", f"a zoo model id (one of {', '.join(sorted(known))})", m)
+                continue
+            if m.get("source") == "zoo" and not zoo:
+                from evomerge.zoo.catalog import Zoo
+
+                zoo["zoo"] = Zoo(seed=self.zoo.seed)
+            entry = _absolute_paths(m, base)
+            try:
+                opened = open_source(entry, source, f"models[{i}]", zoo)
+            except ConfigError:
+                raise
+            except UserError as exc:  # a checkpoint the headers cannot be read from
+                raise ConfigError(source, f"models[{i}]", f"a model whose checkpoint can be read ({exc})") from None
+            self.models[i] = {**entry, "name": opened.name}
+            self._sources.setdefault(opened.name, opened)
+
+    def _check_tokenizers(self) -> None:
+        """A task scored on text needs every model to bring its tokenizer."""
+        from evomerge.items import make_scorer
+        from evomerge.sources import HFSource
+        from evomerge.sources.hf import TOKENIZER_FILES
+
+        text = next((t for t in self.tasks if isinstance(t, ItemTaskSpec)
+                     and make_scorer(t.item_set).needs_tokenizer(t.item_set.items)), None)
+        if text is None:
+            return
+        why = f"task '{text.name}' ({text.item_set.kind}) is scored on text through the model's tokenizer"
+        for i, name in enumerate(self.model_names):
+            source = self._sources.get(name)
+            if not isinstance(source, HFSource):
+                kind = source.kind if source is not None else "zoo"
+                raise FieldIssue(f"models[{i}]", f"a model with a tokenizer (an hf source; {why})", f"{name} ({kind})")
+            if not source.has_tokenizer:
+                raise FieldIssue(f"models[{i}].path", f"a directory with a tokenizer ({', '.join(TOKENIZER_FILES)}): "
+                                 f"{why}", str(source.path))
 
     def _check_genes(self) -> None:
         earlier: dict[str, CategoricalGene | IntGene | FloatGene] = {}
@@ -274,6 +422,8 @@ class SearchSpace(Strict):
                     raise FieldIssue(path, f"a gene defined before '{g.name}' (one of: {', '.join(earlier) or 'none'})", ref)
                 if isinstance(other, FloatGene):
                     raise FieldIssue(path, "a condition on a categorical or int gene, not a float gene", ref)
+                if other.shape is not None:
+                    raise FieldIssue(path, "a condition on a scalar gene, not an array gene", ref)
                 for v in val if isinstance(val, list) else [val]:
                     if not other.allows(v):
                         raise FieldIssue(path, f"a value gene '{ref}' can take", v)
@@ -286,14 +436,36 @@ class SearchSpace(Strict):
         for i, g in enumerate(self.genes):
             if g.name not in used:
                 raise FieldIssue(f"genes[{i}].name", "a gene used in the recipe template or in a 'when' condition", g.name)
+        scalar: dict[str, CategoricalGene | IntGene | FloatGene] = {}
+        for i, g in enumerate(self.genes):
+            for e in g.elements():
+                if e.name in scalar:
+                    raise FieldIssue(f"genes[{i}].name", f"a gene whose scalar name '{e.name}' no other gene "
+                                     "takes (an array gene's elements are named NAME[i,j,...])", g.name)
+                scalar[e.name] = e
+        self._scalar_genes = list(scalar.values())
 
 
-def _unique(field: str, names: list[str], sub: str = "") -> None:
+def _unique(field: str, names: list[str], sub: str | list[str] = "") -> None:
+    """Names must not repeat; ``sub``: the name's field under each entry (one for all, or per entry)."""
+    subs = sub if isinstance(sub, list) else [f".{sub}" if sub else ""] * len(names)
     seen: set[str] = set()
     for i, n in enumerate(names):
         if n in seen:
-            raise FieldIssue(f"{field}[{i}]{'.' + sub if sub else ''}", "a unique name", n)
+            raise FieldIssue(f"{field}[{i}]{subs[i]}", "a unique name", n)
         seen.add(n)
+
+
+def _absolute_paths(entry: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A source entry with the path fields of its kind made absolute, relative ones against ``base``."""
+    from evomerge.sources import SOURCES
+
+    kind = entry.get("source")
+    if kind not in SOURCES:
+        return dict(entry)  # open_source names the unknown kind
+    fields = SOURCES.get(kind).model_fields
+    return {k: str((base / v).absolute()) if isinstance(v, str) and k in fields and fields[k].annotation is Path else v
+            for k, v in entry.items()}
 
 
 def _is_ref(node: Any) -> bool:
@@ -320,9 +492,10 @@ def is_active(gene: CategoricalGene | IntGene | FloatGene, genome: Mapping[str, 
 
 
 def mask_inactive(space: SearchSpace, genome: Mapping[str, Any]) -> dict[str, Any]:
-    """Every gene's value, None for the inactive ones (gene order resolves chains of conditions)."""
+    """Every scalar gene's value (array genes element by element), None for the inactive ones
+    (gene order resolves chains of conditions)."""
     out: dict[str, Any] = {}
-    for g in space.genes:
+    for g in space.scalar_genes:
         active = is_active(g, out)
         out[g.name] = genome.get(g.name) if active else None
         if active and out[g.name] is None:
@@ -330,9 +503,31 @@ def mask_inactive(space: SearchSpace, genome: Mapping[str, Any]) -> dict[str, An
     return out
 
 
-def decode(space: SearchSpace, genome: Mapping[str, Any]) -> dict:
-    """The recipe for ``genome``: template references replaced, inactive genes as null."""
+def _nest(flat: list[Any], shape: list[int]) -> list[Any]:
+    """A flat row-major list as nested lists of ``shape``."""
+    if len(shape) == 1:
+        return flat
+    size = len(flat) // shape[0]
+    return [_nest(flat[i * size:(i + 1) * size], shape[1:]) for i in range(shape[0])]
+
+
+def gene_values(space: SearchSpace, genome: Mapping[str, Any]) -> dict[str, Any]:
+    """Each declared gene's value in a genome of scalar genes: an array gene's is the nested list
+    of its elements; an inactive gene's is None."""
     values = mask_inactive(space, genome)
+    out: dict[str, Any] = {}
+    for g in space.genes:
+        if g.shape is None:
+            out[g.name] = values[g.name]
+        else:
+            out[g.name] = _nest([values[e.name] for e in g.elements()], g.shape) if is_active(g, values) else None
+    return out
+
+
+def decode(space: SearchSpace, genome: Mapping[str, Any]) -> dict:
+    """The recipe for ``genome`` (scalar genes, array elements included): template references
+    replaced, an array gene by its nested list, inactive genes as null."""
+    values = gene_values(space, genome)
 
     def fill(node: Any) -> Any:
         if _is_ref(node):
@@ -346,72 +541,162 @@ def decode(space: SearchSpace, genome: Mapping[str, Any]) -> dict:
     return fill(space.recipe)
 
 
+# ---- checking the recipe template before any candidate runs ----------------------
+
+
+def _samples(gene: CategoricalGene | IntGene | FloatGene) -> list[Any]:
+    """The values of a gene that matter to a recipe's validity: every choice, or both bounds."""
+    return list(gene.choices) if isinstance(gene, CategoricalGene) else [gene.low, gene.high]
+
+
+def sample_genomes(space: SearchSpace) -> list[dict[str, Any]]:
+    """Deterministic genomes of scalar genes (inactive genes None) in which every gene takes each of
+    its sample values while active (its conditions made true where they can be); a conditional gene
+    is also inactive wherever a sample value of a gene it depends on makes it so. Other genes take
+    their first sample value. An array gene is one unit: all its elements take each value together."""
+    genes = {g.name: g for g in space.genes}
+    first = {g.name: _samples(g)[0] for g in space.genes}
+
+    def force(genome: dict[str, Any], name: str, value: Any) -> None:
+        genome[name] = value
+        for ref, val in (genes[name].when or {}).items():
+            allowed = val if isinstance(val, list) else [val]
+            if genome[ref] not in allowed:
+                force(genome, ref, allowed[0])
+
+    def masked(genome: dict[str, Any]) -> dict[str, Any]:
+        return mask_inactive(space, {e.name: genome[g.name] for g in space.genes for e in g.elements()})
+
+    out = {repr(masked(first)): masked(first)}
+    for g in space.genes:
+        for value in _samples(g):
+            genome = dict(first)
+            force(genome, g.name, value)
+            sample = masked(genome)
+            out.setdefault(repr(sample), sample)
+    return list(out.values())
+
+
+def _template_node(template: Any, field: str) -> Any:
+    """The template's node at a field path such as ``recipe.branches[0].fit.items`` (None if absent);
+    a gene reference on the way (the path goes on inside an array gene's value) is the node."""
+    node: Any = {"recipe": template}
+    for key, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", field):
+        if _is_ref(node):
+            break
+        if index and isinstance(node, list) and int(index) < len(node):
+            node = node[int(index)]
+        elif key and isinstance(node, dict) and key in node:
+            node = node[key]
+        else:
+            return None
+    return node
+
+
+def check_recipes(space: SearchSpace) -> None:
+    """Decode :func:`sample_genomes`: each recipe must pass the recipe schema, name only models
+    listed in ``models`` and, for a weight merge over hf sources, merge compatible models
+    (:func:`check_weight_merge`); otherwise a ConfigError names the field under ``recipe`` (and the
+    gene whose value it was), before any candidate spends budget."""
+    checked: set[tuple[str, str]] = set()
+    for genome in sample_genomes(space):
+        try:
+            parsed = parse_recipe(decode(space, genome), space.source, "recipe")
+            refs = parsed.model_refs()
+            for path, model in refs:
+                if model not in space.model_names:
+                    raise ConfigError(space.source, f"recipe.{path}",
+                                      f"a model listed in models ({', '.join(space.model_names)})", model)
+            if parsed.tensorwise:
+                check_weight_merge(space, refs, checked)
+        except ConfigError as err:
+            node = _template_node(space.recipe, err.field)
+            if _is_ref(node):
+                gene = next(g for g in space.genes if g.name == node["gene"])
+                which = f"every element of gene '{gene.name}'" if gene.shape else f"gene '{gene.name}'"
+                err.args = (f"{err.args[0]} (when {which} is {genome[gene.elements()[0].name]!r})",)
+            raise
+
+
+def check_searchable(space: SearchSpace) -> None:
+    """What the search's evaluators take, checked before any budget is spent: zoo ids on built-in
+    tasks, or else a space over model sources (:class:`~evomerge.recipe.source_evaluator.SourceEvaluator`):
+    every model a source entry, every task an item file, every recipe of a kind built in place."""
+    check_recipes(space)
+    if space.builtin_only:
+        return
+    for i, m in enumerate(space.models):
+        if isinstance(m, str):
+            raise ConfigError(space.source, f"models[{i}]", "a source entry ({name, source: hf, path: ...}) in a "
+                              "space with item-file tasks or other source entries", m)
+    for i, t in enumerate(space.tasks):
+        if not isinstance(t, ItemTaskSpec):
+            raise ConfigError(space.source, f"tasks[{i}]", "an item-file task ({name, items, format, metric}) "
+                              "in a space over model sources", t.name)
+    for genome in sample_genomes(space):
+        kind = parse_recipe(decode(space, genome), space.source, "recipe")
+        if not kind.in_place:
+            raise ConfigError(space.source, "recipe.kind", "a recipe kind built in place for a search over "
+                              "model sources (layerwise, or weights without MASS)", kind.kind)
+
+
+def check_weight_merge(space: SearchSpace, refs: list[tuple[str, str]], checked: set[tuple[str, str]]) -> None:
+    """When a weight merge names an hf source, each model it merges must be an hf source that
+    :func:`~evomerge.sources.check_compatible` accepts beside the first (the base): one architecture,
+    one set of tensors and shapes, one vocabulary unless ``backbone_only``. Only headers and configs
+    are read; ``checked`` holds the pairs already found compatible."""
+    from evomerge.sources import HFSource, VocabularyMismatch, check_compatible
+
+    if not any(isinstance(space.sources.get(m), HFSource) for _, m in refs):
+        return
+    (_, first), *others = refs
+    for path, name in others:
+        if name == first or (first, name) in checked:
+            continue
+        a, b, field = space.sources.get(first), space.sources.get(name), f"recipe.{path}"
+        if not (isinstance(a, HFSource) and isinstance(b, HFSource)):
+            raise ConfigError(space.source, field, f"hf models only: a weight merge over hf sources cannot merge "
+                              f"'{first}' and '{name}'", name)
+        try:
+            check_compatible([a, b], backbone_only=space.backbone_only)
+        except VocabularyMismatch as exc:
+            raise ConfigError(space.source, field, f"models of one vocabulary ({exc}; to do that, set "
+                              "'backbone_only: true' in the space)", name) from None
+        except UserError as exc:
+            raise ConfigError(space.source, field, f"a model that merges weight by weight with '{first}' ({exc})",
+                              name) from None
+        checked.add((first, name))
+
+
 # ---- loading and error conversion -------------------------------------------------
 
 
-def _loc_path(loc: tuple[Any, ...]) -> str:
-    parts: list[str] = []
-    prev: Any = None
-    for item in loc:
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-        elif not (isinstance(prev, int) and item in GENE_TYPES):  # skip union tags
-            parts.append(f".{item}" if parts else str(item))
-        prev = item
-    return "".join(parts)
-
-
-def config_error(source: str, exc: ValidationError, prefix: str = "") -> ConfigError:
-    """The first error of a pydantic ValidationError as a ConfigError naming file and field."""
-    err = exc.errors()[0]
-    path = _loc_path(tuple(err["loc"]))
-    issue = (err.get("ctx") or {}).get("error")
-    if isinstance(issue, FieldIssue):
-        field = ".".join(p for p in (path, issue.field) if p).replace(".[", "[")
-        expected, got = issue.expected, issue.got
-    else:
-        field, got = path, err.get("input")
-        kind = err["type"]
-        if kind == "missing":
-            expected, got = "a value (the field is required)", None
-        elif kind == "extra_forbidden":
-            expected = "no such field (unknown key)"
-        elif kind == "union_tag_not_found":
-            field, expected, got = f"{path}.type", f"a gene type ({', '.join(GENE_TYPES)})", None
-        elif kind == "union_tag_invalid":
-            field, expected, got = f"{path}.type", f"a gene type ({', '.join(GENE_TYPES)})", err["ctx"]["tag"]
-        else:
-            expected = err["msg"].removeprefix("Input should be ").removeprefix("Value error, ")
-    field = ".".join(p for p in (prefix, field) if p) or "<root>"
-    more = len(exc.errors()) - 1
-    error = ConfigError(source, field, expected, got)
-    if more:
-        error.args = (f"{error.args[0]} (and {more} more error{'s' * (more > 1)})",)
-    return error
-
-
-def parse_space(data: Any, source: str = "<space>", known_models: set[str] | None = None) -> SearchSpace:
-    """Validate a loaded mapping as a SearchSpace, including its engine's settings."""
+def parse_space(data: Any, source: str = "<space>", known_models: set[str] | None = None,
+                recipes: bool | None = None, base: Path | None = None) -> SearchSpace:
+    """Validate a loaded mapping as a SearchSpace, including its engine's settings and, with
+    ``recipes``, its recipe template (:func:`check_recipes`; None: when ``recipe.kind`` is a recipe
+    kind, so test doubles with recipes of their own load). Relative paths start from ``base``
+    (default: the working directory)."""
     from evomerge.search.engines import ENGINES
 
+    context = {"known_models": known_models, "source": source, "base": base}
     try:
-        space = SearchSpace.model_validate(data, context={"known_models": known_models})
+        space = SearchSpace.model_validate(data, context=context)
     except ValidationError as exc:
-        raise config_error(source, exc) from None
+        raise config_error(source, exc, tags=TAGS) from None
     space._source = source
     if space.engine.name not in ENGINES:
         raise ConfigError(source, "engine.name", f"one of {', '.join(ENGINES.names())}", space.engine.name)
     ENGINES.get(space.engine.name).check(space)
+    if recipes or (recipes is None and space.recipe.get("kind") in RECIPE_KINDS):
+        check_recipes(space)
     return space
 
 
-def load_space(path: str | Path, known_models: set[str] | None = None) -> SearchSpace:
-    """Read and validate a search space YAML file; every problem is a ConfigError."""
+def load_space(path: str | Path, known_models: set[str] | None = None, recipes: bool | None = None) -> SearchSpace:
+    """Read and validate a search space YAML file (see :func:`parse_space`); every problem is a ConfigError."""
     source = str(path)
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(source, "<file>", "a readable file", exc.strerror) from None
+    text = read_text(path, "a search space YAML file")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -420,7 +705,7 @@ def load_space(path: str | Path, known_models: set[str] | None = None) -> Search
         raise ConfigError(source, "<yaml>", f"valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(source, "<root>", "a mapping of fields (name, models, genes, ...)", type(data).__name__)
-    return parse_space(data, source, known_models)
+    return parse_space(data, source, known_models, recipes, Path(path).parent)
 
 
 def with_overrides(space: SearchSpace, **changes: Any) -> SearchSpace:

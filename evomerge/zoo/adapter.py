@@ -1,12 +1,14 @@
 """One interface through which the core sees any model as an ordered list of named layers.
 
-``forward_to(x, layer)`` is the output of ``layer``; ``forward_from(h, layer)`` runs the rest
-of the model on it, so ``forward_from(forward_to(x, l), l) == forward(x)`` for every layer.
+``forward_to(x, layer)`` is the output of ``layer``; ``forward_from(h, layer, x)`` runs the rest
+of the model on it, so ``forward_from(forward_to(x, l), l, x) == forward(x)`` for every layer. ``x``
+(optional) is the model's full input for the batch: the layers after the cut read from it what is not
+in ``h`` (a Hugging Face model's attention mask, position ids), so padded batches run on exactly.
 
 * :class:`LayeredAdapter` — built-in :class:`~evomerge.zoo.models.LayeredNet` (exact, no wasted work).
 * :class:`TorchAdapter` — any ``nn.Module`` given the names of sub-modules on its main path.
-  ``forward_to`` stops the forward at the layer; ``forward_from`` re-runs the forward on a
-  stored example input with a hook that swaps the layer's output for ``h``. This is exact
+  ``forward_to`` stops the forward at the layer; ``forward_from`` re-runs the forward on the
+  batch's inputs (or a stored example input) with a hook that swaps the layer's output for ``h``. This is exact
   whenever nothing downstream reads an earlier activation other than through the layer
   (true for chains and for residual streams cut at whole blocks); the prefix compute is the price.
 * :class:`HFAdapter` — a Hugging Face model from a local directory, cut at its repeated blocks.
@@ -39,7 +41,8 @@ class ModelAdapter(ABC):
     def forward_to(self, x: Any, layer: str) -> torch.Tensor: ...
 
     @abstractmethod
-    def forward_from(self, h: torch.Tensor, layer: str) -> torch.Tensor: ...
+    def forward_from(self, h: torch.Tensor, layer: str, inputs: Any = None) -> torch.Tensor:
+        """The model's output when ``layer`` outputs ``h``; ``inputs``: the batch's full model inputs."""
 
     @abstractmethod
     def example_input(self, batch: int = 2) -> Any: ...
@@ -83,7 +86,7 @@ class LayeredAdapter(ModelAdapter):
     def forward_to(self, x: torch.Tensor, layer: str) -> torch.Tensor:
         return self.module.forward_to(x, layer)
 
-    def forward_from(self, h: torch.Tensor, layer: str) -> torch.Tensor:
+    def forward_from(self, h: torch.Tensor, layer: str, inputs: Any = None) -> torch.Tensor:
         return self.module.forward_from(h, layer)
 
     def example_input(self, batch: int = 2) -> torch.Tensor:
@@ -164,13 +167,18 @@ class TorchAdapter(ModelAdapter):
             handle.remove()
         raise UserError(f"layer '{layer}' did not run during the forward pass")
 
-    def forward_from(self, h: torch.Tensor, layer: str) -> torch.Tensor:
+    def forward_from(self, h: torch.Tensor, layer: str, inputs: Any = None) -> torch.Tensor:
+        """Re-run the forward on ``inputs`` (default: the example input for ``h``) with ``layer``'s
+        output swapped for ``h``."""
         self.check_layer(layer)
         handle = self._modules[layer].register_forward_hook(lambda _m, _i, out: _swap_first(out, h))
         try:
-            return self.forward(self.example_input(h.shape[0]))
+            return self.forward(inputs if inputs is not None else self._input_for(h))
         finally:
             handle.remove()
+
+    def _input_for(self, h: torch.Tensor) -> Any:
+        return self.example_input(h.shape[0])
 
 
 def _block_list(model: nn.Module) -> str:
@@ -192,27 +200,24 @@ def _hf_logits(out: Any) -> torch.Tensor:
 class HFAdapter(TorchAdapter):
     """A Hugging Face model from a local directory, cut at its repeated blocks (``encoder.layer.i`` ...).
 
-    The output is ``logits`` when the model has a head, else ``last_hidden_state``.
+    The output is ``logits`` when the model has a head, else ``last_hidden_state``. ``forward_from``
+    needs the batch's inputs (``attention_mask`` included) whenever the batch is padded; without them
+    it runs on a dummy input of ``h``'s batch size and length with no padding.
     """
 
     @classmethod
     def from_pretrained(
         cls,
         path: str | Path,
-        auto_class: str = "AutoModel",
+        auto_class: str | None = None,
         layer_names: list[str] | None = None,
         example: Any = None,
     ) -> HFAdapter:
-        import transformers
+        """The model of a local directory, loaded by ``auto_class`` (default: the class its
+        ``config.json`` names, head included; see :class:`~evomerge.sources.hf.HFSource`)."""
+        from evomerge.sources.hf import HFSource
 
-        path = Path(path)
-        if not (path / "config.json").exists():
-            raise UserError(f"{path}: not a Hugging Face model directory (no config.json)")
-        loader = getattr(transformers, auto_class, None)
-        if loader is None:
-            raise UserError(f"unknown transformers auto class '{auto_class}'")
-        model = loader.from_pretrained(str(path), local_files_only=True)
-        model.eval()
+        model = HFSource.open(path=path).load_model(auto_class=auto_class)
         return cls.from_model(model, layer_names, example)
 
     @classmethod
@@ -223,6 +228,14 @@ class HFAdapter(TorchAdapter):
         if example is None:
             example = _hf_example(model)
         return cls(model, layer_names, example, output=_hf_logits)
+
+    def _input_for(self, h: torch.Tensor) -> Any:
+        example = self.example_input(h.shape[0])
+        name = getattr(self.module, "main_input_name", "input_ids")
+        if isinstance(example, Mapping) and name == "input_ids" and h.dim() >= 3:
+            ids = torch.zeros(h.shape[0], h.shape[1], dtype=torch.long, device=h.device)
+            return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        return example
 
 
 def _hf_example(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from evomerge.cache import cache_dir
+from evomerge.console import Steps
 from evomerge.data.conditions import get_condition
 from evomerge.data.tasks import load_task
 from evomerge.errors import unknown_name
@@ -123,11 +123,10 @@ class Zoo:
         p = self._path(model_id)
         return p.with_suffix(".json").exists() and p.with_suffix(".safetensors").exists()
 
-    def build(
-        self, workers: int = 2, log: Callable[[str], None] | None = None, ids: list[str] | None = None
-    ) -> dict[str, float]:
+    def build(self, workers: int = 2, ids: list[str] | None = None, progress: bool = False) -> dict[str, float]:
         """Train the models ``ids`` (default: all) and their bases where not cached, ``workers`` processes
-        at a time, bases before fine-tunes. Returns the training seconds of each model trained now.
+        at a time, bases before fine-tunes; with ``progress``, a bar or a line per model trained.
+        Returns the training seconds of each model trained now.
         """
         self.root.mkdir(parents=True, exist_ok=True)
         trained: dict[str, float] = {}
@@ -135,43 +134,51 @@ class Zoo:
         wanted |= {self.spec(i).base for i in wanted if self.spec(i).base}
         todo = [i for i in self.specs if i in wanted and not self.is_built(i)]
         stages = [[i for i in todo if not self.specs[i].base], [i for i in todo if self.specs[i].base]]
-        for stage in stages:
-            jobs = [(self.specs[i].model_dump_json(), self.seed, str(self._path(i)),
-                     str(self.weights_path(self.specs[i].base)) if self.specs[i].base else None)
-                    for i in stage]
-            if workers <= 1 or len(jobs) <= 1:
-                results = map(lambda j: _train_one(*j), jobs)
-                self._collect(results, trained, log)
-            else:
-                with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init) as ex:
-                    self._collect(ex.map(_train_one, *zip(*jobs)), trained, log)
+        with Steps("zoo", len(todo), quiet=not progress) as steps:
+            for stage in filter(None, stages):
+                jobs = [(self.specs[i].model_dump_json(), self.seed, str(self._path(i)),
+                         str(self.weights_path(self.specs[i].base)) if self.specs[i].base else None)
+                        for i in stage]
+                processes = min(workers, len(jobs))
+                steps.begin(f"training {', '.join(stage)} (seed {self.seed}, {processes} process"
+                            f"{'es' if processes > 1 else ''})")
+                if processes <= 1:
+                    self._collect(map(lambda j: _train_one(*j), jobs), trained, steps)
+                else:
+                    with ProcessPoolExecutor(processes, mp_context=get_context("spawn"), initializer=_worker_init) as ex:
+                        self._collect(ex.map(_train_one, *zip(*jobs)), trained, steps)
         return trained
 
     @staticmethod
-    def _collect(results: Any, trained: dict[str, float], log: Callable[[str], None] | None) -> None:
+    def _collect(results: Any, trained: dict[str, float], steps: Steps) -> None:
         for rec in results:
             trained[rec["id"]] = rec["train_s"]
-            if log:
-                log(f"trained {rec['id']:<20} {rec['train_s']:6.1f}s  val {rec['val_accuracy']:.3f}  test {rec['test_accuracy']:.3f}")
+            steps.advance(f"trained {rec['id']:<20} {rec['train_s']:6.1f}s  val {rec['val_accuracy']:.3f}  "
+                          f"test {rec['test_accuracy']:.3f}")
 
     def record(self, model_id: str) -> dict[str, Any]:
         """The model's row: id, architecture, dataset, condition, params, val/test accuracy, sha256."""
-        path = self._path(model_id).with_suffix(".json")
-        if not path.exists():
-            self.build(workers=1, ids=[model_id])
-        return json.loads(path.read_text())
+        self.ensure_built(model_id)
+        return json.loads(self._path(model_id).with_suffix(".json").read_text())
 
     def weights_path(self, model_id: str) -> Path:
         return self._path(model_id).with_suffix(".safetensors")
 
+    def ensure_built(self, model_id: str) -> None:
+        """Train the model (and its base) now unless it is cached."""
+        if not self.is_built(model_id):
+            self.build(workers=1, ids=[model_id])
+
+    def load(self, model_id: str) -> LayeredNet:
+        """A fresh copy of the trained model (trained first if missing), in eval mode with gradients off."""
+        spec = self.spec(model_id)
+        self.ensure_built(model_id)
+        net = new_net(spec, 0)
+        net.load_state_dict(load_file(str(self.weights_path(model_id))))
+        return net.eval().requires_grad_(False)
+
     def adapter(self, model_id: str) -> LayeredAdapter:
         """The trained model, loaded once per Zoo object, in eval mode with gradients off."""
         if model_id not in self._adapters:
-            spec = self.spec(model_id)
-            if not self.is_built(model_id):
-                self.build(workers=1, ids=[model_id])
-            net = new_net(spec, 0)
-            net.load_state_dict(load_file(str(self.weights_path(model_id))))
-            net.eval().requires_grad_(False)
-            self._adapters[model_id] = LayeredAdapter(net)
+            self._adapters[model_id] = LayeredAdapter(self.load(model_id))
         return self._adapters[model_id]

@@ -189,14 +189,8 @@ class Aligner:
 ALIGNERS: Registry[type[Aligner]] = Registry("aligner")
 
 
-def register(name: str):
-    """Register an :class:`Aligner` subclass under its YAML name (also sets ``cls.name``)."""
-
-    def deco(cls: type[Aligner]) -> type[Aligner]:
-        cls.name = name
-        return ALIGNERS.register(name)(cls)
-
-    return deco
+#: ``@register(name)``: an :class:`Aligner` subclass under its YAML name (sets ``cls.name``).
+register = ALIGNERS.named
 
 
 def make_aligner(name: str, **params: Any) -> Aligner:

@@ -13,7 +13,7 @@ A method combines the per-task updates (task vectors) of one key into one update
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -52,6 +52,9 @@ class MergeMethod(ABC):
 
     name: ClassVar[str]
     Params: ClassVar[type[MergeParams]] = MergeParams
+    #: True when each merged tensor is a function of that tensor's values alone (so the merge can
+    #: stream name by name, :meth:`merge_tensor`); a method needing a whole-model view sets False.
+    streams: ClassVar[bool] = True
 
     def parse(self, params: Mapping[str, Any] | MergeParams | None) -> MergeParams:
         """Validate ``params``; a bad field raises :class:`ConfigError` naming it."""
@@ -80,6 +83,33 @@ class MergeMethod(ABC):
         """``base`` plus the combined update of the task vectors ``taus`` (all with the same keys)."""
         p = self.parse(params)
         return add_update(base, {k: self.combine_key(k, [t[k] for t in taus], p) for k in taus[0]})
+
+    def merge_tensor(self, key: str, base: torch.Tensor, finetuned: Iterable[torch.Tensor], params: MergeParams) -> torch.Tensor:
+        """One merged tensor, ``base + combine_key(key, [x_t - base])``, in the inputs' dtype.
+
+        ``params`` is already parsed (:meth:`parse`); the caller casts the inputs (float32 for the
+        same numbers as :meth:`__call__`) and the result. ``finetuned`` is iterated once, so a lazy
+        iterable holds one fine-tuned tensor at a time beside the updates.
+        """
+        return self.merge_deltas(key, base, [x - base for x in finetuned], params)
+
+    def merge_deltas(self, key: str, base: torch.Tensor, deltas: list[torch.Tensor], params: MergeParams,
+                     factors: list[Any] | None = None) -> torch.Tensor:  # fmt: skip
+        """``base + combine_key(key, deltas)`` from the updates ``deltas`` themselves, so a caller
+        that keeps the task vectors (and their :meth:`factor` s, ``factors``) merges without
+        re-reading the fine-tunes. Neither ``deltas`` nor ``factors`` is changed."""
+        if factors is None:
+            return base + self.combine_key(key, deltas, params)
+        return base + self.combine_factored(key, deltas, factors, params)
+
+    def factor(self, key: str, delta: torch.Tensor) -> Any:
+        """Work on one task's update of ``key`` that no parameter changes, so a caller merging the
+        same sources many times can do it once and cache it (TSV: the SVD). None: nothing to cache."""
+        return None
+
+    def combine_factored(self, key: str, deltas: list[torch.Tensor], factors: list[Any], params: Any) -> torch.Tensor:
+        """:meth:`combine_key` given ``factors[t] = factor(key, deltas[t])``, the same numbers."""
+        return self.combine_key(key, deltas, params)
 
     @abstractmethod
     def combine_key(self, key: str, deltas: list[torch.Tensor], params: Any) -> torch.Tensor:

@@ -21,10 +21,32 @@ from evomerge.core.merge.ties import ties_combine
 DropRate = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
-def dare_drop(delta: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
-    """Drop entries of ``delta`` with probability ``p``; rescale the survivors by ``1/(1-p)``."""
-    keep = torch.rand(delta.shape, generator=generator) >= p
-    return delta * keep / (1.0 - p)
+def dare_drop(delta: torch.Tensor, p: float, generator: torch.Generator, rescale: str = "inverse") -> torch.Tensor:
+    """Drop entries of ``delta`` with probability ``p`` and rescale the survivors.
+
+    ``rescale="inverse"``: by ``1/(1-p)`` (the paper; keeps the expectation). ``"l1"``: by
+    ``||delta||_1 / ||kept||_1`` (mergekit's ``rescale: true``, which keeps the L1 norm exactly;
+    left unscaled when either norm is below 1e-7). ``"none"``: not at all.
+    """
+    if p <= 0:
+        return delta.clone()
+    before = delta.abs().sum() if rescale == "l1" else None
+    kept = delta * dare_keep_mask(delta.shape, p, generator, delta.device)
+    if rescale == "inverse":
+        return kept.div_(1.0 - p)
+    return rescale_l1_(kept, before) if before is not None else kept
+
+
+def dare_keep_mask(shape: torch.Size, p: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Boolean mask keeping each entry with probability ``1 - p`` (drawn on the CPU from ``generator``)."""
+    return (torch.rand(shape, generator=generator) >= p).to(device)
+
+
+def rescale_l1_(kept: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+    """Scale ``kept`` in place to the L1 norm ``before`` of what it was cut from:
+    ``kept * before / ||kept||_1``, unchanged when either norm is below 1e-7."""
+    after = kept.abs().sum()
+    return kept if before < 1e-7 or after < 1e-7 else kept.mul_(before / after)
 
 
 def key_generator(seed: int, key: str, task: int) -> torch.Generator:

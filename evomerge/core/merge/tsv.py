@@ -40,11 +40,21 @@ def is_matrix(t: torch.Tensor) -> bool:
     return t.ndim >= 2
 
 
+def svd(delta: torch.Tensor) -> LowRank:
+    """The thin SVD of ``delta`` reshaped to ``(shape[0], -1)`` (every singular triplet)."""
+    U, S, Vh = torch.linalg.svd(delta.reshape(delta.shape[0], -1), full_matrices=False)
+    return LowRank(U, S, Vh, delta.shape)
+
+
+def truncate(f: LowRank, rank: int) -> LowRank:
+    """The top-``rank`` singular triplets of ``f`` (all of them when it has fewer)."""
+    r = min(rank, f.S.numel())
+    return LowRank(f.U[:, :r], f.S[:r], f.Vh[:r], f.shape)
+
+
 def low_rank(delta: torch.Tensor, rank: int) -> LowRank:
     """Top-``rank`` singular triplets of ``delta`` reshaped to ``(shape[0], -1)``."""
-    U, S, Vh = torch.linalg.svd(delta.reshape(delta.shape[0], -1), full_matrices=False)
-    r = min(rank, S.numel())
-    return LowRank(U[:, :r], S[:r], Vh[:r], delta.shape)
+    return truncate(svd(delta), rank)
 
 
 def nearest_orthogonal(A: torch.Tensor) -> torch.Tensor:
@@ -103,8 +113,15 @@ class Tsv(MergeMethod):
     Params = TsvParams
 
     def combine_key(self, key: str, deltas: list[torch.Tensor], params: TsvParams) -> torch.Tensor:
+        return self.combine_factored(key, deltas, [self.factor(key, d) for d in deltas], params)
+
+    def factor(self, key: str, delta: torch.Tensor) -> LowRank | None:
+        """A matrix update's full SVD, which every rank truncates (None for a non-matrix)."""
+        return svd(delta) if is_matrix(delta) else None
+
+    def combine_factored(self, key: str, deltas: list[torch.Tensor], factors: list[LowRank | None], params: TsvParams) -> torch.Tensor:
         alpha = layer_value(params.alpha, key, "tsv.alpha")
         if not is_matrix(deltas[0]):
             return alpha * sum(deltas)
         ranks = task_ranks(layer_value(params.rank, key, "tsv.rank"), deltas, "tsv.rank")
-        return alpha * tsv_merge_factors([low_rank(d, r) for d, r in zip(deltas, ranks)])
+        return alpha * tsv_merge_factors([truncate(f, r) for f, r in zip(factors, ranks)])  # type: ignore[arg-type]

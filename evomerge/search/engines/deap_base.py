@@ -3,9 +3,10 @@
 DEAP's operators (``cxSimulatedBinaryBounded``, ``cxUniform``, ``mutGaussian``,
 ``mutUniformInt``, ``varAnd``, selections) do the evolution. Written by hand here,
 because DEAP has no such parts: the mapping between a mixed genome (categorical,
-int, float, log-scale, conditional) and a flat individual; splitting variation by
-gene type; generational batches fed through ask/tell; and running DEAP (which draws
-from the global ``random`` module) on the engine's own seeded, checkpointed stream.
+int, float, log-scale, conditional; array genes element by element) and a flat
+individual; splitting variation by gene type; generational batches fed through
+ask/tell; and running DEAP (which draws from the global ``random`` module) on the
+engine's own seeded, checkpointed stream.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from typing import Annotated, Any
 from deap import algorithms, base, tools
 from pydantic import Field
 
+from evomerge.errors import read_json
 from evomerge.search.engines.base import Candidate, Engine, candidate_id, worst_values
 from evomerge.search.pareto import fitness_class
-from evomerge.search.run_folder import read_json, write_json_atomic
+from evomerge.search.run_folder import write_json_atomic
 from evomerge.search.space import CategoricalGene, IntGene, Probability, SearchSpace, Strict, mask_inactive
 
 STATE_FILE = "engine_state.json"
@@ -49,17 +51,17 @@ class GeneCodec:
 
     def __init__(self, space: SearchSpace, settings: DeapSettings):
         self.space, self.settings = space, settings
-        self.cat = [i for i, g in enumerate(space.genes) if isinstance(g, CategoricalGene)]
-        self.num = [i for i, g in enumerate(space.genes) if not isinstance(g, CategoricalGene)]
+        self.cat = [i for i, g in enumerate(space.scalar_genes) if isinstance(g, CategoricalGene)]
+        self.num = [i for i, g in enumerate(space.scalar_genes) if not isinstance(g, CategoricalGene)]
 
     def random(self) -> list[float | int]:
         return [
             random.randrange(len(g.choices)) if isinstance(g, CategoricalGene) else random.random()
-            for g in self.space.genes
+            for g in self.space.scalar_genes
         ]
 
     def genome(self, values: list[float | int]) -> dict[str, Any]:
-        return mask_inactive(self.space, {g.name: _value(g, x) for g, x in zip(self.space.genes, values)})
+        return mask_inactive(self.space, {g.name: _value(g, x) for g, x in zip(self.space.scalar_genes, values)})
 
     def mate(self, a: Individual, b: Individual) -> tuple[Individual, Individual]:
         if self.num:
@@ -80,7 +82,7 @@ class GeneCodec:
             self._put(ind, self.num, [min(1.0, max(0.0, v)) for v in x])
         if self.cat:
             c = [ind[i] for i in self.cat]
-            ups = [len(self.space.genes[i].choices) - 1 for i in self.cat]
+            ups = [len(self.space.scalar_genes[i].choices) - 1 for i in self.cat]
             tools.mutUniformInt(c, low=[0] * len(c), up=ups, indpb=s.indpb)
             self._put(ind, self.cat, c)
         return (ind,)

@@ -20,10 +20,11 @@ class OptunaNSGA2(OptunaEngine):
     """NSGA-II with ``population_size`` = engine.population."""
 
     Settings = NSGA2Settings
+    journal_attrs = ("NSGAIISampler:",)  # each trial's generation and each generation's parents
 
-    def make_sampler(self) -> BaseSampler:
+    def make_sampler(self, seed: int) -> BaseSampler:
         s = self.settings
         return NSGAIISampler(
             population_size=self.space.engine.population, mutation_prob=s.mutation_prob,
-            crossover_prob=s.crossover_prob, swapping_prob=s.swapping_prob, seed=self.seed,
+            crossover_prob=s.crossover_prob, swapping_prob=s.swapping_prob, seed=seed,
         )

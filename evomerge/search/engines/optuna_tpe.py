@@ -24,11 +24,12 @@ class OptunaTPE(OptunaEngine):
     """TPE; the first ``n_startup_trials`` (default: the population size) are random."""
 
     Settings = TPESettings
+    journal_attrs = ("tpe:relative_params",)  # what the constant liar reads of a running trial
 
-    def make_sampler(self) -> BaseSampler:
+    def make_sampler(self, seed: int) -> BaseSampler:
         s = self.settings
         return TPESampler(
             n_startup_trials=s.n_startup_trials or self.space.engine.population,
             multivariate=s.multivariate, group=s.group and s.multivariate,
-            constant_liar=s.constant_liar, seed=self.seed,
+            constant_liar=s.constant_liar, seed=seed,
         )

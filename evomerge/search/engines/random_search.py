@@ -12,5 +12,5 @@ from evomerge.search.engines.optuna_base import OptunaEngine
 class RandomSearch(OptunaEngine):
     """Every gene drawn independently and uniformly (log-uniformly on log scales)."""
 
-    def make_sampler(self) -> BaseSampler:
-        return RandomSampler(seed=self.seed)
+    def make_sampler(self, seed: int) -> BaseSampler:
+        return RandomSampler(seed=seed)

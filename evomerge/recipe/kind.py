@@ -1,0 +1,97 @@
+"""The recipe kind interface and its registry, :data:`RECIPE_KINDS`, keyed by the recipe's ``kind``.
+
+A kind is its pydantic record (the fields a recipe of that kind holds) with the methods every kind
+answers: :meth:`RecipeKind.model_refs` (the models it reads), :meth:`RecipeKind.build` (a merged
+module from zoo sources), :meth:`RecipeKind.plan` (a streamed merge into a Hugging Face folder) and
+:attr:`RecipeKind.in_place` (whether a worker can write its candidates into one resident model).
+A kind that cannot be built one way says so with a :class:`UserError`. The kinds themselves live
+in :mod:`evomerge.recipe.schema` (``stitch``, ``weights``), :mod:`evomerge.recipe.layerwise` and
+:mod:`evomerge.recipe.stack`; :func:`evomerge.recipe.schema.parse_recipe` validates through this registry.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import model_validator
+
+from evomerge import settings
+from evomerge.errors import UserError
+from evomerge.registry import Registry
+from evomerge.settings import Seed
+
+if TYPE_CHECKING:
+    import torch
+
+    from evomerge.core.merge import MergeParams
+    from evomerge.core.probe import ActivationCache
+    from evomerge.recipe.materialize import Materialized, Sources
+    from evomerge.recipe.stream import MergePlan
+
+
+class Strict(settings.Strict):
+    """A settings record in which a null field takes its default (inactive conditional genes decode to null)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_defaults(cls, data: Any) -> Any:
+        return _drop_nulls(data) if isinstance(data, dict) else data
+
+
+def _drop_nulls(params: Any) -> Any:
+    """Inactive conditional genes decode to null: a null parameter means 'use the default' (a value
+    that is not a mapping is left to the field's type check)."""
+    if not isinstance(params, dict):
+        return {} if params is None else params
+    return {k: v for k, v in params.items() if v is not None}
+
+
+class RecipeKind(Strict):
+    """One recipe kind: a record whose ``kind`` is the name it is registered under."""
+
+    kind: str
+    seed: Seed = 0
+    #: Merges its models tensor by tensor, so their sources must hold the same tensors (checked at load).
+    tensorwise: ClassVar[bool] = False
+
+    @property
+    def in_place(self) -> bool:
+        """Whether a worker can write this recipe's candidate into one resident model of its base
+        (:class:`~evomerge.recipe.inplace.InPlaceBuilder`); such a recipe has ``base``, ``models``,
+        ``method`` and :meth:`resolver`."""
+        return False
+
+    def resolver(self, layers: int) -> Callable[[str], MergeParams | None]:
+        """An in-place recipe's parameters per tensor name (None: the tensor keeps the base), for a
+        model of ``layers`` repeated layers."""
+        raise UserError(f"recipe kind '{self.kind}' is not built in place")
+
+    @abstractmethod
+    def model_refs(self) -> list[tuple[str, str]]:
+        """Every model the recipe reads, with its field path: ``[("base", id), ("models[0]", id)]``."""
+
+    def parents(self) -> list[str]:
+        """The models merged (``mp-irt``'s parents), each once; the ``base`` (only the reference of
+        task vectors) is not one."""
+        return list(dict.fromkeys(m for path, m in self.model_refs() if path != "base"))
+
+    def mixing(self, task_key: str) -> dict[str, float]:
+        """Each source model's share in the merge (``mpirt``'s prior): equal shares of the parents."""
+        return dict.fromkeys(self.parents(), 1.0)
+
+    def build(self, sources: Sources, cache: ActivationCache | None, skeleton: bool) -> Materialized:
+        """The merged module from zoo ``sources`` (``skeleton``: structure only, weights loaded afterwards)."""
+        raise UserError(f"recipe kind '{self.kind}' is not built from zoo models; merge it into a "
+                        "Hugging Face folder (evomerge merge)")
+
+    def plan(self, source: str, out_dtype: torch.dtype | None, compute_dtype: torch.dtype,
+             keep_embeddings_from: str | None) -> MergePlan:  # fmt: skip
+        """The streamed merge into a Hugging Face folder; the recipe's models are model folders.
+        ``source`` names the recipe's file in errors; ``keep_embeddings_from``: a backbone-only merge."""
+        raise UserError(f"recipe kind '{self.kind}' cannot be streamed into a Hugging Face folder")
+
+
+#: Recipe kinds by their ``kind``.
+RECIPE_KINDS: Registry[type[RecipeKind]] = Registry("recipe kind")

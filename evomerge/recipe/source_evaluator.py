@@ -1,0 +1,126 @@
+"""The worker-side evaluator of recipes over model sources (Hugging Face folders...) on item files.
+
+Built once per worker. Each recipe's ``base`` is loaded once into a resident model (one per base
+the search names) and every candidate is written into it in place
+(:class:`~evomerge.recipe.inplace.InPlaceBuilder`: task vectors and a method's per-task factors
+cached), then scored by the tasks' scorers (:mod:`evomerge.items.scorers`) on the chosen items
+of the split. Nothing is saved or reloaded per candidate. The fitness side (full or IRT) is
+:class:`~evomerge.recipe.scoring.CandidateEvaluator`'s.
+
+``params`` is the resident model's parameter count and ``added_params`` 0 (an in-place merge has
+its base's shape). ``latency_ms`` is measured only when an objective or a constraint reads it: the
+wall time of scoring the first task's first batch (``resources.batch_size`` items), once more.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from torch import nn
+
+from evomerge.errors import UserError
+from evomerge.fitness.search_fitness import Answer
+from evomerge.io.tensors import is_vocab_tensor
+from evomerge.items import ItemSet, Scorer, make_scorer
+from evomerge.recipe.inplace import InPlaceBuilder
+from evomerge.recipe.materialize import Materialized
+from evomerge.recipe.schema import parse_recipe
+from evomerge.recipe.scoring import CandidateEvaluator
+
+if TYPE_CHECKING:
+    from evomerge.search.space import SearchSpace  # read only (duck-typed): the search layer sits above
+
+
+@dataclass(frozen=True)
+class ItemTask:
+    """One item-file task on one split: its items, scorer and the metric whose 0/1 answers count."""
+
+    key: str
+    items: ItemSet
+    scorer: Scorer
+    metric: str
+
+    @property
+    def item_ids(self) -> tuple[str, ...]:
+        return self.items.ids
+
+
+class SourceEvaluator(CandidateEvaluator):
+    """Scores in-place recipes over the space's model sources on its item-file tasks (a space that
+    :func:`~evomerge.search.space.check_recipes` accepted: every model a source, every task an item file)."""
+
+    def __init__(self, space: SearchSpace, split: str = "val", estimator: str | None = None, device: str = "cpu"):
+        super().__init__(space, split, estimator, device)
+        self.tasks: dict[str, ItemTask] = {}
+        for t in space.tasks:
+            items = t.item_set.split(split)
+            if not len(items):
+                raise UserError(f"{t.items}: task '{t.name}' has no items in the {split} split")
+            self.tasks[t.name] = ItemTask(t.name, items, make_scorer(t.item_set), t.metric)
+        self.weights = {t.name: t.weight for t in space.tasks}
+        self.sources = dict(space.sources)
+        self.batch_size = space.resources.batch_size
+        self._init_fitness()  # the banks are checked before any model is loaded
+        self._builders: dict[str, InPlaceBuilder] = {}
+        self._tokenizers: dict[str, Any] = {}
+        self._tokenizer: Any = None  # the tokenizer of the candidate being scored (its base's)
+        self._timed = any(o.metric == "latency_ms" for o in space.objectives) or space.constraints.max_latency_ms is not None
+        if self.needs_source_answers:
+            self._set_source_answers(self._source_answers())
+
+    def _source_answers(self) -> dict[str, dict[str, np.ndarray]]:
+        """Every source model's answers on every item of each task (loaded one at a time, then freed)."""
+        out: dict[str, dict[str, np.ndarray]] = {name: {} for name in self.tasks}
+        for m, source in self.sources.items():
+            model, self._tokenizer = source.load_model(self.device), self.tokenizer(m)
+            for name, task in self.tasks.items():
+                out[name][m] = self.answerer(model, name)(np.arange(len(task.items)))
+            del model
+        return out
+
+    def tokenizer(self, model: str) -> Any:
+        """The tokenizer (or processor) of source ``model``, loaded once; None when it has none."""
+        if model not in self._tokenizers:
+            source = self.sources[model]
+            self._tokenizers[model] = source.tokenizer() if getattr(source, "has_tokenizer", False) else None
+        return self._tokenizers[model]
+
+    def builder(self, base: str) -> InPlaceBuilder:
+        """The resident model of ``base`` and its builder, made once."""
+        if base not in self._builders:
+            source = self.sources[base]
+            reader = source.tensors()
+            frozen = [n for n in reader.names() if is_vocab_tensor(reader, n)] if self.space.backbone_only else []
+            self._builders[base] = InPlaceBuilder(source.load_model(self.device), reader,
+                                                  {m: s.tensors() for m, s in self.sources.items()}, self.device, frozen)
+        return self._builders[base]
+
+    def build(self, recipe: dict[str, Any]) -> Materialized:
+        kind = parse_recipe(recipe, self.space.source, "recipe")
+        base = kind.model_refs()[0][1]
+        module = self.builder(base).build(kind)
+        self._tokenizer = self.tokenizer(base)
+        params = sum(p.numel() for p in module.parameters())
+        return Materialized(module, params, 0, list(self.tasks))
+
+    def answerer(self, model: nn.Module, name: str) -> Answer:
+        task, tokenizer = self.tasks[name], self._tokenizer
+
+        def answer(items: np.ndarray) -> np.ndarray:
+            chosen = task.items.subset([task.item_ids[i] for i in np.asarray(items, dtype=np.int64)])
+            result = task.scorer.score(model, chosen, tokenizer=tokenizer, device=self.device, batch_size=self.batch_size)
+            return result.answers(task.metric).astype(float)
+
+        return answer
+
+    def latency_ms(self, model: nn.Module) -> float | None:
+        if not self._timed:
+            return None
+        name, task = next(iter(self.tasks.items()))
+        start = time.perf_counter()
+        self.answerer(model, name)(np.arange(min(self.batch_size, len(task.items))))
+        return (time.perf_counter() - start) * 1000
+
