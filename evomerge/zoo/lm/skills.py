@@ -48,7 +48,7 @@ def _reverse(rng: random.Random) -> Item:
 
 
 def _sort(rng: random.Random) -> Item:
-    w = _word(rng, 3, 6)
+    w = _word(rng, 5, 8)
     return {"prompt": f"sort {w}: ", "target": "".join(sorted(w))}
 
 
@@ -101,16 +101,20 @@ def training_text(item: Item) -> tuple[str, str]:
     return item["context"], " " + item["choices"][item["gold"]] + "\n"
 
 
+#: Item streams in the order they exclude each other: test never repeats a validation prompt, train neither.
+SPLITS = ("val", "test", "train")
+
+
 def generate(skill: str, n: int, seed: int, split: str) -> list[Item]:
     """``n`` distinct items of ``skill`` for ``split``; seeds and splits give disjoint streams.
 
-    Items are unique within a split, and validation/test items never appear in training:
-    ``train`` is drawn after excluding every ``val`` and ``test`` prompt of the same seed.
+    Items are unique within a split, and no prompt is in two splits: each stream of :data:`SPLITS`
+    skips the first :data:`HELD_OUT` prompts of every stream before it (a prefix of a stream is its
+    first items, so ``n <= HELD_OUT`` validation and test items are disjoint too).
     """
     held_out: set[str] = set()
-    if split == "train":
-        for other in ("val", "test"):
-            held_out |= {training_text(i)[0] for i in generate(skill, HELD_OUT, seed, other)}
+    for other in SPLITS[: SPLITS.index(split)]:
+        held_out |= {training_text(i)[0] for i in generate(skill, HELD_OUT, seed, other)}
     rng = random.Random(f"{seed}/{skill}/{split}")
     make = SKILLS[skill].make
     seen: set[str] = set()
@@ -127,4 +131,3 @@ def generate(skill: str, n: int, seed: int, split: str) -> list[Item]:
         seen.add(key)
         out.append(item)
     return out
-
