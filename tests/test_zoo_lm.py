@@ -3,6 +3,7 @@ transformers loads, item files in the public format, deterministic training, rec
 name the family through ``${lm}``."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ from evomerge.zoo.lm.skills import SKILLS, generate, training_text
 def tiny_lm(tmp_path_factory):
     zoo = LMZoo(seed=0, cache_dir_=tmp_path_factory.mktemp("lmcache"), spec=tiny_family())
     trained = zoo.build(workers=1)
-    assert set(trained) == set(zoo.ids()) == {"lm-base", "lm-reverse", "lm-compare"}
+    assert set(trained) == set(zoo.ids()) == {"lm-base", "lm-reverse", "lm-sort", "lm-count", "lm-compare"}
     return zoo
 
 
@@ -56,11 +57,11 @@ def test_records_score_every_model_on_every_skill(tiny_lm):
     for mid in tiny_lm.ids():
         rec = tiny_lm.record(mid)
         assert rec["dataset"] == "lm" and rec["architecture"] == "LlamaForCausalLM" and rec["family"] == "lm"
-        assert set(rec["skills"]) == {"reverse", "compare"}
+        assert set(rec["skills"]) == {"reverse", "sort", "count", "compare"}
         assert all(0.0 <= v[s] <= 1.0 for v in rec["skills"].values() for s in ("val", "test"))
     base, ft = tiny_lm.record("lm-base"), tiny_lm.record("lm-compare")
     assert ft["condition"] == "compare" and ft["test_accuracy"] == ft["skills"]["compare"]["test"]
-    assert base["test_accuracy"] == pytest.approx(sum(v["test"] for v in base["skills"].values()) / 2, abs=1e-4)
+    assert base["test_accuracy"] == pytest.approx(sum(v["test"] for v in base["skills"].values()) / 4, abs=1e-4)
     # 20 steps on the rule task lift it well above the base (about 0.45 -> 0.8 on 60 items)
     assert ft["skills"]["compare"]["test"] >= base["skills"]["compare"]["test"] + 0.15
 
@@ -83,37 +84,23 @@ def test_a_changed_spec_or_seed_is_a_new_family(tiny_lm):
     assert LMZoo(0, tiny_lm.root.parent.parent, other).root != tiny_lm.root
 
 
-SPACE = """
-name: lm
-zoo: {{seed: {seed}}}
-models:
-  - {{name: base, source: hf, path: "${{lm}}/lm-base"}}
-  - {{name: reverse, source: hf, path: "${{lm}}/lm-reverse"}}
-  - {{name: compare, source: hf, path: "${{lm}}/lm-compare"}}
-tasks:
-  - {{name: reverse, items: "${{lm}}/items/reverse.jsonl", format: "${{lm}}/items/reverse.format.yaml", metric: exact_match}}
-  - {{name: compare, items: "${{lm}}/items/compare.jsonl", format: "${{lm}}/items/compare.format.yaml", metric: acc}}
-recipe: {{kind: layerwise, base: base, models: [reverse, compare], method: task_arithmetic, groups: 2,
-         grid: {{weights: {{gene: w}}}}}}
-genes:
-  - {{name: w, type: float, low: 0.0, high: 1.0, shape: [2, 3, 2]}}
-objectives: [{{name: acc, metric: accuracy, task: mean, direction: max}}]
-"""
+LM_SPACE = Path(__file__).parent.parent / "search_spaces" / "lm_skills.yaml"
 
 
-def test_spaces_name_the_built_family_through_the_lm_variable(tiny_lm, tmp_path, monkeypatch):
-    from evomerge.search.space import load_space
+def test_the_shipped_lm_space_names_the_built_family_through_the_lm_variable(tiny_lm, tmp_path, monkeypatch):
+    from evomerge.search.space import check_searchable, load_space
 
     monkeypatch.setenv("EVOMERGE_CACHE", str(tiny_lm.root.parent.parent))
     monkeypatch.setattr(catalog, "DEFAULT_SPEC", tiny_family())
-    path = tmp_path / "lm.yaml"
-    path.write_text(SPACE.format(seed=0))
-    space = load_space(path)
-    assert space.sources["reverse"].path == tiny_lm.model_dir("lm-reverse")
+    space = load_space(LM_SPACE)
+    check_searchable(space)  # every model an hf source, every task an item file, layerwise built in place
+    assert {s.path for s in space.sources.values()} == {tiny_lm.model_dir(i) for i in tiny_lm.ids()}
+    assert [t.name for t in space.tasks] == list(tiny_family().skills)
     assert len(space.tasks[0].item_set.split("val")) == tiny_family().held_out
-    path.write_text(SPACE.format(seed=7))  # no family built for seed 7
+    other = tmp_path / "lm_skills.yaml"  # no family built for seed 7
+    other.write_text(LM_SPACE.read_text().replace("zoo: {seed: 0}", "zoo: {seed: 7}"))
     with pytest.raises(ConfigError) as err:
-        load_space(path)
+        load_space(other)
     assert err.value.field == "models[0].path" and "zoo build --family lm --seed 7" in str(err.value)
 
 
@@ -124,10 +111,10 @@ def test_zoo_list_json_rows_of_the_family(tiny_lm, monkeypatch, capsys):
     monkeypatch.setattr(catalog, "DEFAULT_SPEC", tiny_family())
     assert main(["zoo", "list", "--family", "lm", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["id"] for r in rows] == ["lm-base", "lm-reverse", "lm-compare"]
+    assert [r["id"] for r in rows] == ["lm-base", "lm-reverse", "lm-sort", "lm-count", "lm-compare"]
     assert {k for r in rows for k in r} >= {"id", "architecture", "dataset", "condition", "params",
                                              "val_accuracy", "test_accuracy", "skills", "built"}
-    assert rows[2]["test_accuracy"] == tiny_lm.record("lm-compare")["test_accuracy"]
+    assert rows[4]["test_accuracy"] == tiny_lm.record("lm-compare")["test_accuracy"]
     monkeypatch.setattr(catalog, "DEFAULT_SPEC", tiny_family().model_copy(update={"ft_steps": 5}))
     assert main(["zoo", "list", "--family", "lm", "--json"]) == 0
     assert not any(r["built"] for r in json.loads(capsys.readouterr().out))

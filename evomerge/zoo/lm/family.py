@@ -56,8 +56,8 @@ def model_id(member: str) -> str:
 
 
 def tiny_family() -> LMFamilySpec:
-    """A family that builds in seconds, for tests."""
-    return LMFamilySpec(hidden=32, layers=2, intermediate=64, skills=("reverse", "compare"), train_items=400,
+    """A family with the default skills that builds in seconds, for tests."""
+    return LMFamilySpec(hidden=32, layers=2, intermediate=64, train_items=400,
                         held_out=60, base_steps=30, ft_steps=20, batch_size=16)
 
 
