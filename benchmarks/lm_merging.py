@@ -44,8 +44,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 
 def family_rows(seed: int) -> list[dict[str, Any]]:
     """The rows of one family seed: the base, each fine-tune, and each method's merge."""
+    import transformers
     from transformers import LlamaForCausalLM
 
+    transformers.utils.logging.disable_progress_bar()
     zoo = LMZoo(seed=seed)
     zoo.build(workers=2, progress=True)
     skills = list(zoo.spec.skills)
