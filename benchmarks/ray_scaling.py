@@ -34,9 +34,10 @@ import torch  # noqa: E402
 from ray.util import ActorPool  # noqa: E402
 
 from evomerge.distributed.devices import torch_threads  # noqa: E402
-from evomerge.distributed.pool import EvalResult, InProcessPool, Known, Pool, safe_evaluate  # noqa: E402
+from evomerge.distributed.pool import InProcessPool, Pool, safe_evaluate  # noqa: E402
+from evomerge.fitness.results import EvalResult, Known  # noqa: E402
 from evomerge.distributed.ray_pool import REMOTE_WORKER, RayPool, actor_options, connect  # noqa: E402
-from evomerge.recipe.evaluator import RecipeEvaluator  # noqa: E402
+from evomerge.fitness.zoo_evaluator import RecipeEvaluator  # noqa: E402
 from evomerge.search.engines import ENGINES  # noqa: E402
 from evomerge.search.space import Resources, SearchSpace, decode, load_space, with_overrides  # noqa: E402
 

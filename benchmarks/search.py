@@ -46,7 +46,7 @@ from evomerge.commands.search import known_models, recipe_evaluation  # noqa: E4
 from evomerge.data import load_task  # noqa: E402
 from evomerge.distributed.pool import InProcessPool  # noqa: E402
 from evomerge.evaluate import accuracy  # noqa: E402
-from evomerge.recipe.evaluator import RecipeEvaluator  # noqa: E402
+from evomerge.fitness.zoo_evaluator import RecipeEvaluator  # noqa: E402
 from evomerge.search.pareto import best_index  # noqa: E402
 from evomerge.search.run_folder import RunFolder  # noqa: E402
 from evomerge.search.runner import run_search  # noqa: E402

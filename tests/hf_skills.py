@@ -14,6 +14,7 @@ Everything is seeded; on one thread the same seed gives the same folders.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from pathlib import Path
@@ -32,8 +33,11 @@ def shift(word: str, k: int) -> str:
 SKILLS = {"up": ("u", 1), "down": ("d", -1)}
 
 
-def _words(rng: random.Random, n: int) -> list[str]:
-    return ["".join(rng.choice(LETTERS) for _ in range(3)) for _ in range(n)]
+def _words(seed: int) -> tuple[list[str], list[str]]:
+    """The 512 three-letter words over ``a..h``, shuffled: 256 to train on, 256 held out for items."""
+    words = ["".join(w) for w in itertools.product(LETTERS, repeat=3)]
+    random.Random(seed).shuffle(words)
+    return words[:256], words[256:]
 
 
 def _lm_texts(skill: str, words: list[str]) -> list[str]:
@@ -65,12 +69,13 @@ def _lm_loss(model, batch):
     return model(**batch).loss
 
 
-def lm_pair(root: Path, seed: int = 0, steps: int = 150) -> dict[str, Path]:
-    """``root/{base,up,down}`` (model + tokenizer) and ``root/{mc,gen}.jsonl``; returns the paths."""
-    rng = random.Random(seed)
+def lm_pair(root: Path, seed: int = 0, steps: int = 300, items: int = 24) -> dict[str, Path]:
+    """``root/{base,up,down}`` (model + tokenizer) and ``root/{mc,gen}.jsonl`` (``items`` each); returns the paths."""
+    if not 0 < items <= 256:
+        raise ValueError(f"items: 1 to 256 held-out words, got {items}")
     model, tok = tiny_llama(seed=seed, max_positions=64)
     tok.padding_side = "right"
-    words = _words(rng, 256)
+    words, held_out = _words(seed)
     mixed = [t for pair in zip(*(_lm_texts(skill, words) for skill in SKILLS)) for t in pair]
     _train(model, _lm_batches(tok, mixed), steps, 1e-2, seed, _lm_loss)
     paths = {"base": root / "base"}
@@ -79,17 +84,17 @@ def lm_pair(root: Path, seed: int = 0, steps: int = 150) -> dict[str, Path]:
     for k, skill in enumerate(SKILLS):
         ft, _ = tiny_llama(seed=seed, max_positions=64)
         ft.load_state_dict(model.state_dict())
-        _train(ft, _lm_batches(tok, _lm_texts(skill, words)), steps, 1e-2, seed + 1 + k, _lm_loss)
+        _train(ft, _lm_batches(tok, _lm_texts(skill, words)), steps // 2, 2e-3, seed + 1 + k, _lm_loss)
         paths[skill] = root / skill
         ft.save_pretrained(paths[skill])
         tok.save_pretrained(paths[skill])
-    test_words = _words(random.Random(seed + 100), 24)
+    test_words = held_out[:items]
     paths["mc"], paths["gen"] = root / "mc.jsonl", root / "gen.jsonl"
     with paths["mc"].open("w") as mc, paths["gen"].open("w") as gen:
         for i, w in enumerate(test_words):
             tag, k = SKILLS[list(SKILLS)[i % 2]]
             choices = [shift(w, k), shift(w, -k), shift(w, 2 * k), w]
-            mc.write(json.dumps({"question": f"{tag} {w}=", "choices": choices, "answer": 0}) + "\n")
+            mc.write(json.dumps({"id": f"mc-{i}", "question": f"{tag} {w}=", "choices": choices, "answer": 0}) + "\n")
             gen.write(json.dumps({"prompt": f"{tag} {w}=", "target": shift(w, k)}) + "\n")
     return paths
 

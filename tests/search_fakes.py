@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from evomerge.distributed.pool import EvalResult, TaskResponses
+from evomerge.fitness.results import EvalResult, TaskResponses
 
 OPTIMUM_X = 1.25
 

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from evomerge.errors import UserError
-from evomerge.zoo.adapter import HFAdapter, LayeredAdapter, TorchAdapter, as_adapter, load_checkpoint
+from evomerge.sources.adapters import HFAdapter, TorchAdapter, load_checkpoint
+from evomerge.zoo.adapter import LayeredAdapter, as_adapter
 from evomerge.zoo.models import build_model
 
 

@@ -12,7 +12,7 @@ from evomerge.fitness.anchors import ANCHORS
 from evomerge.fitness.estimators import ESTIMATORS
 from evomerge.fitness.multitask import TaskEstimate, combine
 from evomerge.fitness.irt.simulate import simulate_2pl
-from evomerge.recipe.evaluator import RecipeEvaluator
+from evomerge.fitness.zoo_evaluator import RecipeEvaluator
 from evomerge.recipe.schema import parse_recipe
 from evomerge.search.report import write_report
 from evomerge.search.space import parse_space
@@ -129,7 +129,7 @@ def test_multitask_irt_search_runs_end_to_end(banks, tmp_path, monkeypatch, tiny
 
 def test_single_task_form_and_per_task_field_agree(banks, monkeypatch, tiny_zoo):
     _, paths = banks
-    monkeypatch.setattr("evomerge.recipe.evaluator.Zoo", lambda seed: tiny_zoo)
+    monkeypatch.setattr("evomerge.fitness.zoo_evaluator.Zoo", lambda seed: tiny_zoo)
     one = multi_space()
     one["tasks"] = one["tasks"][:1]
     spaces = [dict(one, fitness={**irt(), "bank": str(paths["lo"])}),
@@ -167,7 +167,7 @@ def test_parents_come_from_the_recipe_and_must_have_an_ability(banks, monkeypatc
     recipe = {"kind": "weights", "method": "task_arithmetic", "base": "base-digits",
               "models": ["ft-digits-rot90", "ft-digits-flip"]}
     assert parse_recipe(recipe).parents() == ["ft-digits-rot90", "ft-digits-flip"]
-    monkeypatch.setattr("evomerge.recipe.evaluator.Zoo", lambda seed: tiny_zoo)
+    monkeypatch.setattr("evomerge.fitness.zoo_evaluator.Zoo", lambda seed: tiny_zoo)
     ev = RecipeEvaluator(parse_space(multi_space(irt("gmp-irt"), paths)))
     assert ev.fitness["lo"].parent_thetas(["mlp-digits-lo", "cnn-digits-hi"]).shape == (2, 1)
     with pytest.raises(UserError, match="no ability in bank .* for parent model.*ft-digits-flip"):

@@ -12,7 +12,7 @@ from evomerge.cli import main
 from evomerge.commands import search as search_cmd
 from evomerge.distributed.pool import InProcessPool
 from evomerge.errors import ConfigError
-from evomerge.recipe.evaluator import RecipeEvaluator
+from evomerge.fitness.zoo_evaluator import RecipeEvaluator
 from evomerge.search.runner import run_search
 from evomerge.fitness.search_fitness import BankFitness
 from evomerge.search.space import FitnessSettings, parse_space
@@ -44,7 +44,7 @@ def tiny_space(fitness=None, condition="all"):
 
 
 def search(space_data, run_dir, monkeypatch, tiny_zoo):
-    monkeypatch.setattr("evomerge.recipe.evaluator.Zoo", lambda seed: tiny_zoo)
+    monkeypatch.setattr("evomerge.fitness.zoo_evaluator.Zoo", lambda seed: tiny_zoo)
     space = parse_space(space_data)
     ev = RecipeEvaluator(space)
     _, final_eval, item_ids = search_cmd.recipe_evaluation(space)
@@ -156,7 +156,7 @@ def test_recalibration_needs_unchanged_source_runs(full_run, tmp_path, monkeypat
     data = json.loads(bank.read_text())
     data["sources"][0]["responses_sha256"] = "0" * 64
     copy.write_text(json.dumps(data))
-    monkeypatch.setattr("evomerge.recipe.evaluator.Zoo", lambda seed: tiny_zoo)
+    monkeypatch.setattr("evomerge.fitness.zoo_evaluator.Zoo", lambda seed: tiny_zoo)
     with pytest.raises(ConfigError, match="source runs unchanged since calibration"):
         RecipeEvaluator(parse_space(tiny_space(irt_fitness(copy, recalibrate_every=8))))
     RecipeEvaluator(parse_space(tiny_space(irt_fitness(copy))))  # without refits the sources are not needed
@@ -164,7 +164,7 @@ def test_recalibration_needs_unchanged_source_runs(full_run, tmp_path, monkeypat
 
 def test_adaptive_needs_an_adaptive_estimator(full_run, monkeypatch, tiny_zoo):
     _, _, bank = full_run
-    monkeypatch.setattr("evomerge.recipe.evaluator.Zoo", lambda seed: tiny_zoo)
+    monkeypatch.setattr("evomerge.fitness.zoo_evaluator.Zoo", lambda seed: tiny_zoo)
     with pytest.raises(ConfigError, match="fitness.adaptive"):
         RecipeEvaluator(parse_space(tiny_space(irt_fitness(bank, estimator="mean"))))
 

@@ -7,7 +7,8 @@ import time
 
 import torch
 
-from evomerge.distributed.pool import EvalResult, InProcessPool
+from evomerge.distributed.pool import InProcessPool
+from evomerge.fitness.results import EvalResult
 
 
 class Scripted:

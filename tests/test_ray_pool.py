@@ -23,7 +23,7 @@ import search_fakes  # noqa: E402
 from search_fakes import ITEM_IDS, ToyEvaluator, toy_space  # noqa: E402
 
 from evomerge.distributed.devices import pick_device, takes_device, torch_threads  # noqa: E402
-from evomerge.distributed.pool import EvalResult  # noqa: E402
+from evomerge.fitness.results import EvalResult  # noqa: E402
 from evomerge.distributed.ray_pool import RayPool, connect  # noqa: E402
 from evomerge.errors import UserError  # noqa: E402
 from evomerge.search.engines.base import candidate_id  # noqa: E402

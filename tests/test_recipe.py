@@ -140,7 +140,7 @@ def test_mass_recipe_routes(tiny_zoo):
 
 
 def test_evaluator_scores_tasks_and_sizes(tiny_zoo, monkeypatch):
-    from evomerge.recipe.evaluator import RecipeEvaluator
+    from evomerge.fitness.zoo_evaluator import RecipeEvaluator
     from evomerge.search.space import parse_space
 
     space = parse_space({
@@ -151,7 +151,7 @@ def test_evaluator_scores_tasks_and_sizes(tiny_zoo, monkeypatch):
         "genes": [{"name": "w", "type": "float", "low": 0, "high": 1}],
         "objectives": [{"name": "acc", "metric": "accuracy", "direction": "max"}],
     })
-    monkeypatch.setattr("evomerge.recipe.evaluator.Zoo", lambda seed: tiny_zoo)  # the tiny zoo, not the default one
+    monkeypatch.setattr("evomerge.fitness.zoo_evaluator.Zoo", lambda seed: tiny_zoo)  # the tiny zoo, not the default one
     ev = RecipeEvaluator(space, split="val")
     res = ev.evaluate("c1", stitch_recipe(trunk_weight=0.5))
     o = res.objectives

@@ -56,6 +56,16 @@ class KindContract:
             with pytest.raises(UserError, match="is not built in place"):
                 recipe.resolver(4)
 
+    def test_with_models_replaces_every_ref_and_nothing_else(self):
+        recipe = parse_recipe(self.example)
+        paths = {m: f"/models/{m}" for _, m in self.refs}
+        moved = recipe.with_models(paths)
+        assert type(moved) is type(recipe) and moved.model_refs() == [(p, paths[m]) for p, m in self.refs]
+        assert moved.with_models({v: k for k, v in paths.items()}) == recipe
+        with pytest.raises(ConfigError) as info:
+            recipe.with_models({}, "space.yaml")
+        assert info.value.field == self.refs[0][0] and info.value.got == self.refs[0][1]
+
     def test_a_bad_field_names_its_path(self):
         data = copy.deepcopy(self.example)
         change, path = self.bad

@@ -12,8 +12,6 @@ from evomerge.core.stitch import (
     StitchedModel,
     condition_pairs,
     fit_stitch,
-    layer_kind,
-    layer_module,
     partial_finetune,
     tune_stitch,
 )
@@ -32,11 +30,11 @@ def _pairs(zoo, a, la, b, lb, task, probes=None):
 
 
 def test_layer_kinds(tiny_zoo):
-    assert layer_kind(tiny_zoo.adapter("cnn-digits"), "conv2") == "conv"
-    assert layer_kind(tiny_zoo.adapter("cnn-digits"), "fc") == "vector"
-    assert layer_kind(tiny_zoo.adapter("tf-digits"), "block1") == "tokens"
-    assert layer_kind(tiny_zoo.adapter("tf-digits"), "pool") == "vector"
-    assert layer_kind(tiny_zoo.adapter("mlp-digits"), "fc2") == "vector"
+    assert tiny_zoo.adapter("cnn-digits").layer_kind("conv2") == "conv"
+    assert tiny_zoo.adapter("cnn-digits").layer_kind("fc") == "vector"
+    assert tiny_zoo.adapter("tf-digits").layer_kind("block1") == "tokens"
+    assert tiny_zoo.adapter("tf-digits").layer_kind("pool") == "vector"
+    assert tiny_zoo.adapter("mlp-digits").layer_kind("fc2") == "vector"
 
 
 def test_identity_stitch_is_the_model(tiny_zoo, data):
@@ -77,8 +75,8 @@ def test_cross_architecture_zero_shot_stitch(tiny_zoo, data):
             p.normal_(0, 0.1)
     assert accuracy(rand, val) < 0.5 * accuracy(m, val)
     # Parameter accounting: A's front, the map, B's back.
-    front = sum(p.numel() for n in ("conv1", "conv2", "conv3") for p in layer_module(a, n).parameters())
-    back = sum(p.numel() for n in ("fc3", "head") for p in layer_module(b, n).parameters())
+    front = sum(p.numel() for n in ("conv1", "conv2", "conv3") for p in a.layer_module(n).parameters())
+    back = sum(p.numel() for n in ("fc3", "head") for p in b.layer_module(n).parameters())
     assert m.num_params == front + m.stitch_params + back
     assert m.stitch_share == pytest.approx(m.stitch_params / m.num_params)
 
@@ -112,7 +110,7 @@ def test_tune_stitch_trains_only_the_map(tiny_zoo, data):
 def test_tuning_detects_a_changed_source(tiny_zoo, data):
     """A stitch that *is* a layer of B: tuning it changes B, which the check must catch."""
     b = copy.deepcopy(tiny_zoo.adapter("mlp-digits"))
-    shared = layer_module(b, "fc3")[0]  # B's own Linear(64, 64)
+    shared = b.layer_module("fc3")[0]  # B's own Linear(64, 64)
     m = StitchedModel(b, "fc2", shared, b, "fc2")
     with pytest.raises(RuntimeError, match="frozen source model changed"):
         tune_stitch(m, data[0], epochs=1)
@@ -126,10 +124,10 @@ def test_partial_finetune_copies_b(tiny_zoo, data):
     b_before = {k: v.clone() for k, v in b.module.state_dict().items()}
     new, res = partial_finetune(m, train, blocks=1, epochs=2)
     assert res.sources_unchanged
-    assert res.trained_params == m.stitch_params + sum(p.numel() for p in layer_module(b, "fc3").parameters())
+    assert res.trained_params == m.stitch_params + sum(p.numel() for p in b.layer_module("fc3").parameters())
     assert all(torch.equal(v, b.module.state_dict()[k]) for k, v in b_before.items())
-    tuned = layer_module(new.b, "fc3")[0].weight
-    assert not torch.equal(tuned, layer_module(b, "fc3")[0].weight)
+    tuned = new.b.layer_module("fc3")[0].weight
+    assert not torch.equal(tuned, b.layer_module("fc3")[0].weight)
     assert any(k.startswith("b_copy.") for k in new.state_dict())
     with pytest.raises(ValueError, match="no layer of B"):
         partial_finetune(StitchedModel(a, "fc", m.stitch, b, "head"), train)

@@ -1,8 +1,11 @@
-"""``evomerge export RUN --out DIR [--candidate best|ID]``: write a run's candidate as a model folder."""
+"""``evomerge export RUN --out DIR [--candidate best|ID]``: write a run's candidate as a model folder
+(a run over Hugging Face sources: a Hugging Face folder, streamed as ``evomerge merge`` writes one)."""
 
 from __future__ import annotations
 
 import argparse
+
+from evomerge.commands.merge import add_write_options, fixed_mmap_threshold, write_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -10,6 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="run folder")
     p.add_argument("--out", required=True, help="output folder (model.safetensors, config.json, manifest.json)")
     p.add_argument("--candidate", default="best", help="'best' or a candidate id from evaluations.jsonl")
+    add_write_options(p.add_argument_group("runs over Hugging Face sources"))
     p.set_defaults(func=run)
 
 
@@ -17,6 +21,7 @@ def run(args: argparse.Namespace) -> int:
     from evomerge.console import log
     from evomerge.search.run_export import export_candidate
 
-    out = export_candidate(args.run, args.out, args.candidate)
+    fixed_mmap_threshold()
+    out = export_candidate(args.run, args.out, args.candidate, write_options(args))
     log(f"exported {args.candidate} of {args.run} to {out}")
     return 0

@@ -4,6 +4,10 @@ streamed tensor by tensor into a sharded Hugging Face folder (see docs/merge.md)
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from evomerge.recipe.stream import WriteOptions
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,18 +20,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("config", help="mergekit YAML (.yaml/.yml) or evomerge recipe JSON (.json)")
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty); written only when complete")
-    p.add_argument("--max-shard-size", default="5GB", help="byte budget per output shard, e.g. 5GB, 500MB, 2GiB [5GB]")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16", "float64"], help="output dtype (overrides the config's)")
-    p.add_argument("--compute-dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"],
-                   help="dtype of the per-tensor math [float32]")  # fmt: skip
-    p.add_argument("--device", default="cpu", help="device of the per-tensor math (cpu, cuda, cuda:1) [cpu]")
+    add_write_options(p)
     p.add_argument("--seed", type=int, default=0, help="seed of DARE's random drops (per tensor and model) [0]")
     p.add_argument("--dry-run", action="store_true", help="print the plan and its expected peak memory; write nothing")
     keep = p.add_mutually_exclusive_group()
     keep.add_argument("--keep-embeddings-from", metavar="MODEL", help="merge the backbone only: copy embeddings and LM head (and tokenizer) from MODEL")
     keep.add_argument("--backbone-only", action="store_true", help="as --keep-embeddings-from the base model (a stack's first slot's model)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def add_write_options(p: argparse._ActionsContainer) -> None:
+    """The options of how a streamed merge is written (:func:`write_options` reads them)."""
+    from evomerge.io.writer import DEFAULT_SHARD_SIZE
+
+    p.add_argument("--max-shard-size", default=DEFAULT_SHARD_SIZE,
+                   help=f"byte budget per output shard, e.g. 5GB, 500MB, 2GiB [{DEFAULT_SHARD_SIZE}]")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16", "float64"], help="output dtype (overrides the config's)")
+    p.add_argument("--compute-dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"],
+                   help="dtype of the per-tensor math [float32]")  # fmt: skip
+    p.add_argument("--device", default="cpu", help="device of the per-tensor math (cpu, cuda, cuda:1) [cpu]")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def write_options(args: argparse.Namespace) -> WriteOptions:
+    """The options :func:`add_write_options` added, parsed (a bad size is a UserError naming the option)."""
+    from evomerge.io.writer import parse_size
+    from evomerge.recipe.stream import DTYPES, WriteOptions
+
+    return WriteOptions(parse_size(args.max_shard_size), DTYPES[args.dtype] if args.dtype else None,
+                        DTYPES[args.compute_dtype], args.device, not args.no_progress)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,16 +57,14 @@ def run(args: argparse.Namespace) -> int:
 
     from evomerge.console import log
     from evomerge.errors import ConfigError, UserError
-    from evomerge.io.writer import parse_size
-    from evomerge.recipe.stream import DTYPES, execute
+    from evomerge.recipe.stream import execute
 
     fixed_mmap_threshold()
     path = Path(args.config)
     if not path.is_file():
         raise UserError(f"{path}: no such config file")
-    budget = parse_size(args.max_shard_size)
-    compute = DTYPES[args.compute_dtype]
-    out_dtype = DTYPES[args.dtype] if args.dtype else None
+    opts = write_options(args)
+    budget, compute, out_dtype = opts.max_shard_bytes, opts.compute_dtype, opts.dtype
     if path.suffix.lower() in (".yaml", ".yml"):
         from evomerge.io.mergekit_config import load_mergekit_config
         from evomerge.recipe.stream import plan_mergekit
@@ -75,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print_plan(plan, budget)
         return 0
-    execute(plan, args.out, budget, device=args.device, progress=not args.no_progress)
+    execute(plan, args.out, budget, device=opts.device, progress=opts.progress)
     log(f"merged {len(plan.jobs)} tensors ({plan.method}) into {args.out}")
     return 0
 

@@ -97,7 +97,7 @@ def recipe_evaluation(space: SearchSpace) -> tuple[Callable[..., Evaluator], Fin
     """Evaluator factory (validation split), test-split re-evaluation, and the item ids per task split.
 
     The recipe template is checked first (whatever its ``kind``), so a mistake spends no budget."""
-    from evomerge.recipe.evaluator import make_evaluator  # the worker side, written by the recipe package
+    from evomerge.fitness.evaluator import make_evaluator  # the worker side
     from evomerge.search.space import check_searchable
 
     check_searchable(space)

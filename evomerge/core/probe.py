@@ -11,12 +11,28 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from evomerge.data.tasks import TaskData
-from evomerge.zoo.adapter import ModelAdapter
+from evomerge.sources.adapters import ModelAdapter
+
+
+class Labelled(Protocol):
+    """Labelled items as the core reads them (a built-in task split is one): inputs ``x``, labels
+    ``y``, stable ``item_ids``; ``key`` and ``condition`` name them in messages and probe names."""
+
+    x: Tensor
+    y: Tensor
+    item_ids: tuple[str, ...]
+    split: str
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def condition(self) -> str: ...
+    def __len__(self) -> int: ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,13 +55,13 @@ class ProbeSet:
         return len(self.x)
 
 
-def task_probe(task: TaskData, name: str | None = None, limit: int | None = None) -> ProbeSet:
+def task_probe(task: Labelled, name: str | None = None, limit: int | None = None) -> ProbeSet:
     """The first ``limit`` items of a task as one condition (named by the task's condition)."""
     n = len(task) if limit is None else min(limit, len(task))
     return ProbeSet(name or task.condition, task.x[:n], task.item_ids[:n], task.y[:n])
 
 
-def class_probes(task: TaskData, per_class: int | None = None, classes: Iterable[int] | None = None) -> list[ProbeSet]:
+def class_probes(task: Labelled, per_class: int | None = None, classes: Iterable[int] | None = None) -> list[ProbeSet]:
     """One condition per class present in ``task`` (``class_<c>``), at most ``per_class`` items each."""
     present = torch.unique(task.y).tolist() if classes is None else list(classes)
     out = []

@@ -16,35 +16,8 @@ from torch import Tensor, nn
 
 from evomerge.core.align import ConditionPair, make_aligner
 from evomerge.core.align.base import Aligner
-from evomerge.core.probe import ActivationCache, ProbeSet
-from evomerge.data.tasks import TaskData
-from evomerge.zoo.adapter import HFAdapter, ModelAdapter
-from evomerge.zoo.models import LayeredNet
-
-
-def layer_kind(adapter: ModelAdapter, layer: str) -> str:
-    """The layer's kind for :class:`~evomerge.core.align.shapes.Layout`: ``vector``, ``conv`` or ``tokens``.
-
-    1-D outputs are vectors and 3-D ``(C, H, W)`` conv maps. 2-D outputs are conv maps
-    ``(C, L)`` in built-in CNNs and token sequences ``(T, D)`` in built-in transformers and
-    Hugging Face models; for other models they are flattened (``vector``).
-    """
-    shape = adapter.activation_shape(layer)
-    if len(shape) != 2:
-        return "conv" if len(shape) == 3 else "vector"
-    arch = getattr(adapter.module, "arch", None)
-    if arch == "cnn":
-        return "conv"
-    if arch == "transformer" or isinstance(adapter, HFAdapter):
-        return "tokens"
-    return "vector"
-
-
-def layer_module(adapter: ModelAdapter, layer: str) -> nn.Module:
-    """The sub-module whose output is ``layer``."""
-    if isinstance(adapter.module, LayeredNet):
-        return adapter.module.layers[layer]
-    return adapter.module.get_submodule(layer)
+from evomerge.core.probe import ActivationCache, Labelled, ProbeSet
+from evomerge.sources.adapters import ModelAdapter
 
 
 def _count(modules: Sequence[nn.Module]) -> int:
@@ -98,14 +71,14 @@ class StitchedModel(nn.Module):
 
     def _front_params(self) -> int:
         names = self.a.layer_names
-        if isinstance(self.a.module, LayeredNet):
-            return _count([layer_module(self.a, n) for n in names[: names.index(self.layer_a) + 1]])
+        if self.a.layered:
+            return _count([self.a.layer_module(n) for n in names[: names.index(self.layer_a) + 1]])
         return _count([self.a.module])
 
     def _back_params(self) -> int:
         names = self.b.layer_names
-        if isinstance(self.b.module, LayeredNet):
-            return _count([layer_module(self.b, n) for n in names[names.index(self.layer_b) + 1 :]])
+        if self.b.layered:
+            return _count([self.b.layer_module(n) for n in names[names.index(self.layer_b) + 1 :]])
         return _count([self.b.module])
 
     @property
@@ -145,7 +118,7 @@ def fit_stitch(
 ) -> StitchedModel:
     """Zero-shot stitch: fit ``aligner`` on the pairs and insert its map (``condition``: whose means)."""
     al = make_aligner(aligner) if isinstance(aligner, str) else aligner
-    al.fit(list(pairs), kinds=(layer_kind(a, layer_a), layer_kind(b, layer_b)))
+    al.fit(list(pairs), kinds=(a.layer_kind(layer_a), b.layer_kind(layer_b)))
     return StitchedModel(a, layer_a, al.as_module(condition), b, layer_b)
 
 
@@ -174,7 +147,7 @@ def _train(
     model: StitchedModel,
     params: list[nn.Parameter],
     frozen: Sequence[nn.Module],
-    task: TaskData,
+    task: Labelled,
     epochs: int,
     lr: float,
     batch_size: int,
@@ -210,7 +183,7 @@ def _train(
 
 def tune_stitch(
     model: StitchedModel,
-    task: TaskData,
+    task: Labelled,
     epochs: int = 5,
     lr: float = 1e-3,
     batch_size: int = 128,
@@ -224,7 +197,7 @@ def tune_stitch(
 
 def partial_finetune(
     model: StitchedModel,
-    task: TaskData,
+    task: Labelled,
     blocks: int = 1,
     epochs: int = 5,
     lr: float = 1e-3,
@@ -243,6 +216,6 @@ def partial_finetune(
         raise ValueError(f"no layer of B after '{model.layer_b}' to fine-tune")
     b_copy = copy.deepcopy(model.b)
     new = StitchedModel(model.a, model.layer_a, copy.deepcopy(model.stitch), b_copy, model.layer_b, owns_b=True)
-    params = list(new.stitch.parameters()) + [p for n in tuned_names for p in layer_module(b_copy, n).parameters()]
+    params = list(new.stitch.parameters()) + [p for n in tuned_names for p in b_copy.layer_module(n).parameters()]
     frozen = [model.a.module, model.b.module, model.stitch]
     return new, _train(new, params, frozen, task, epochs, lr, batch_size, seed, penalty)

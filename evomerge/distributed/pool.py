@@ -1,7 +1,7 @@
-"""The evaluation pool interface, its result type, and the in-process pool.
+"""The evaluation pool interface and the in-process pool.
 
-A pool takes ``(candidate_id, recipe, known)`` submissions and yields :class:`EvalResult`
-objects as they finish; ``known`` is the driver's view of the search so far (the metrics of the
+A pool takes ``(candidate_id, recipe, known)`` submissions and yields
+:class:`~evomerge.fitness.results.EvalResult` objects as they finish; ``known`` is the driver's view of the search so far (the metrics of the
 current Pareto front's candidates), which an evaluator may use (IRT fitness takes its incumbent
 and front from it, so every worker shares them) or ignore. The same interface is backed by Ray actors elsewhere; the
 in-process pool here serves tests and small runs.
@@ -18,38 +18,9 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-from evomerge.fitness.multitask import TaskEstimate
-
-
-@dataclass(frozen=True)
-class TaskResponses:
-    """A candidate's answers on one task split: ``items`` index that split's item id list."""
-
-    task: str  # "dataset/condition"
-    split: Literal["val", "test"]
-    items: list[int]
-    correct: list[bool]
-
-
-@dataclass
-class EvalResult:
-    """One candidate's evaluation; ``objectives`` maps metric keys (``accuracy/mean``...) to values;
-    ``estimates`` each task's accuracy ± stderr and the combined one (task ``mean``), last."""
-
-    id: str
-    status: Literal["ok", "failed"]
-    objectives: dict[str, float] = field(default_factory=dict)
-    responses: list[TaskResponses] = field(default_factory=list)
-    wall_s: float = 0.0
-    error: str | None = None
-    estimates: list[TaskEstimate] = field(default_factory=list)
-
-
-#: The metrics of candidates the driver has results for (the current Pareto front's).
-Known = list[dict[str, float]]
+from evomerge.fitness.results import EvalResult, Known
 
 
 class Evaluator(Protocol):

@@ -33,7 +33,8 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from evomerge.console import log
 from evomerge.distributed.devices import pick_device, takes_device, torch_threads
-from evomerge.distributed.pool import EvalResult, Evaluator, Known, Pool, safe_evaluate
+from evomerge.distributed.pool import Evaluator, Pool, safe_evaluate
+from evomerge.fitness.results import EvalResult, Known
 from evomerge.errors import UserError
 from evomerge.settings import Resources
 

@@ -99,7 +99,8 @@ class ItemBank(_Strict):
 
     @model_validator(mode="after")
     def _run_ids(self) -> ItemBank:
-        if self.format_version < 3 or all(s.reader == "run" for s in self.sources):
+        built_in = "/" in self.task  # a built-in task's dataset/condition; an item-file task keeps its file's ids
+        if built_in and (self.format_version < 3 or all(s.reader == "run" for s in self.sources)):
             bad = next((k for k, i in enumerate(self.items) if not re.match(ITEM_ID, i.id)), None)
             if bad is not None:
                 raise ValueError(f"items.{bad}.id: expected a run's item id (dataset/condition/split/index/hash10), "

@@ -28,6 +28,8 @@ from safetensors.torch import save_file
 
 from evomerge.errors import UserError
 
+#: The shard budget ``evomerge merge`` and ``evomerge export`` write under unless told otherwise.
+DEFAULT_SHARD_SIZE = "5GB"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}  # fmt: skip

@@ -39,7 +39,7 @@ from evomerge.zoo.catalog import Zoo, file_sha256, new_net
 from evomerge.zoo.specs import ModelSpec, default_specs
 
 FORMAT = "evomerge-export/1"
-LIBRARIES = ("torch", "numpy", "scipy", "pot", "optuna", "deap", "ray", "transformers", "safetensors", "pydantic")
+LIBRARIES = ("torch", "numpy", "scipy", "pot", "optuna", "deap", "ray", "transformers", "safetensors", "pydantic", "mergekit")
 
 
 class SkeletonSources:
@@ -75,7 +75,8 @@ def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
+    """evomerge's, Python's and the installed libraries' versions."""
     found = {"evomerge": __version__, "python": platform.python_version()}
     for lib in LIBRARIES:
         try:
@@ -116,7 +117,7 @@ def save_export(
         "added_params": built.added_params,
         "weights_sha256": file_sha256(weights),
         "config_sha256": file_sha256(out / "config.json"),
-        "versions": _versions(),
+        "versions": library_versions(),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return out
@@ -162,7 +163,8 @@ class Manifest(BaseModel):
     fitness: dict[str, Any] = {}
 
 
-def _validated(model: type[BaseModel], path: Path, what: str) -> Any:
+def read_validated(model: type[BaseModel], path: Path, what: str) -> Any:
+    """``path``'s JSON as ``model``; anything else is a ConfigError naming the file and field."""
     data = read_json(path, what)
     try:
         return model.model_validate(data)
@@ -188,7 +190,7 @@ def read_manifest(path: str | Path) -> Manifest | None:
     manifest_path = Path(path) / "manifest.json"
     if not manifest_path.exists():
         return None
-    return _validated(Manifest, manifest_path, "an evomerge export manifest")
+    return read_validated(Manifest, manifest_path, "an evomerge export manifest")
 
 
 def verify_export(path: str | Path) -> tuple[ExportConfig, dict[str, torch.Tensor], Manifest | None]:
@@ -202,7 +204,7 @@ def verify_export(path: str | Path) -> tuple[ExportConfig, dict[str, torch.Tenso
     cfg_path, weights, manifest_path = path / "config.json", path / "model.safetensors", path / "manifest.json"
     if not cfg_path.exists() or not weights.exists():
         raise UserError(f"{path}: not an evomerge export (needs config.json and model.safetensors)")
-    config = _validated(ExportConfig, cfg_path, "an evomerge export config")
+    config = read_validated(ExportConfig, cfg_path, "an evomerge export config")
     recipe = parse_recipe(config.recipe, str(cfg_path), "recipe").model_dump(mode="json")
     try:
         tensors = load_file(str(weights))

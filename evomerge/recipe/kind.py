@@ -2,8 +2,9 @@
 
 A kind is its pydantic record (the fields a recipe of that kind holds) with the methods every kind
 answers: :meth:`RecipeKind.model_refs` (the models it reads), :meth:`RecipeKind.build` (a merged
-module from zoo sources), :meth:`RecipeKind.plan` (a streamed merge into a Hugging Face folder) and
-:attr:`RecipeKind.in_place` (whether a worker can write its candidates into one resident model).
+module from zoo sources), :meth:`RecipeKind.plan` (a streamed merge into a Hugging Face folder),
+:meth:`RecipeKind.with_models` (its models renamed, e.g. to folders), :meth:`RecipeKind.mergekit_config`
+(the equivalent mergekit config, where there is one) and :attr:`RecipeKind.in_place` (whether a worker can write its candidates into one resident model).
 A kind that cannot be built one way says so with a :class:`UserError`. The kinds themselves live
 in :mod:`evomerge.recipe.schema` (``stitch``, ``weights``), :mod:`evomerge.recipe.layerwise` and
 :mod:`evomerge.recipe.stack`; :func:`evomerge.recipe.schema.parse_recipe` validates through this registry.
@@ -11,14 +12,15 @@ in :mod:`evomerge.recipe.schema` (``stitch``, ``weights``), :mod:`evomerge.recip
 
 from __future__ import annotations
 
+import re
 from abc import abstractmethod
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-from pydantic import model_validator
+from pydantic import ValidationError, model_validator
 
 from evomerge import settings
-from evomerge.errors import UserError
+from evomerge.errors import ConfigError, UserError, config_error
 from evomerge.registry import Registry
 from evomerge.settings import Seed
 
@@ -29,6 +31,15 @@ if TYPE_CHECKING:
     from evomerge.core.probe import ActivationCache
     from evomerge.recipe.materialize import Materialized, Sources
     from evomerge.recipe.stream import MergePlan
+
+
+def path_steps(field: str) -> list[str | int]:
+    """A field path's keys and list indices: ``branches[0].model`` is ``["branches", 0, "model"]``."""
+    return [int(index) if index else key for key, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", field)]
+
+
+class NoMergekitConfig(UserError):
+    """The recipe has no mergekit equivalent (:meth:`RecipeKind.mergekit_config`); the message says why."""
 
 
 class Strict(settings.Strict):
@@ -72,6 +83,23 @@ class RecipeKind(Strict):
     def model_refs(self) -> list[tuple[str, str]]:
         """Every model the recipe reads, with its field path: ``[("base", id), ("models[0]", id)]``."""
 
+    def with_models(self, models: Mapping[str, str], source: str = "recipe") -> Self:
+        """A re-validated copy with every model of :meth:`model_refs` replaced through ``models``
+        (e.g. names to model folders), field by field; a model ``models`` lacks is a ConfigError naming its field."""
+        data = self.model_dump(mode="json")
+        for path, model in self.model_refs():
+            if model not in models:
+                raise ConfigError(source, path, f"a model of {', '.join(models) or '(none)'}", model)
+            *parents, leaf = path_steps(path)
+            node = data
+            for step in parents:
+                node = node[step]
+            node[leaf] = models[model]
+        try:
+            return type(self).model_validate(data)
+        except ValidationError as exc:
+            raise config_error(source, exc) from None
+
     def parents(self) -> list[str]:
         """The models merged (``mp-irt``'s parents), each once; the ``base`` (only the reference of
         task vectors) is not one."""
@@ -91,6 +119,12 @@ class RecipeKind(Strict):
         """The streamed merge into a Hugging Face folder; the recipe's models are model folders.
         ``source`` names the recipe's file in errors; ``keep_embeddings_from``: a backbone-only merge."""
         raise UserError(f"recipe kind '{self.kind}' cannot be streamed into a Hugging Face folder")
+
+
+    def mergekit_config(self) -> dict[str, Any]:
+        """The mergekit config (``mergekit-yaml``) that builds this recipe, whose models are model folders;
+        :class:`NoMergekitConfig` says why there is none."""
+        raise NoMergekitConfig(f"recipe kind '{self.kind}' has no mergekit counterpart")
 
 
 #: Recipe kinds by their ``kind``.

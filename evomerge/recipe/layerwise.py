@@ -185,6 +185,12 @@ class LayerwiseRecipe(RecipeKind):
         return plan_recipe(self.method, self.base, self.models, self.resolver(layers), None, out_dtype, compute_dtype,
                            keep_embeddings_from)  # fmt: skip
 
+    def mergekit_config(self) -> dict[str, Any]:
+        """One mergekit slice per layer group (:func:`~evomerge.recipe.to_mergekit.task_vector_config`)."""
+        from evomerge.recipe.to_mergekit import task_vector_config
+
+        return task_vector_config(self.method, self.base, self.models, self._cells, self.num_groups)
+
 
 def _is_list(value: Any, length: int) -> bool:
     return isinstance(value, list) and len(value) == length

@@ -23,7 +23,9 @@ from pydantic import Field, ValidationError, field_validator
 from evomerge.core.merge import MERGE_METHODS, MergeParams
 from evomerge.errors import ConfigError, config_error
 from evomerge.recipe import layerwise, stack  # noqa: F401  (registration)
-from evomerge.recipe.kind import RECIPE_KINDS, RecipeKind, Strict, _drop_nulls
+from evomerge.recipe.kind import RECIPE_KINDS, NoMergekitConfig, RecipeKind, Strict, _drop_nulls
+from evomerge.recipe.layerwise import FILTERS, Cell
+from evomerge.recipe.to_mergekit import task_vector_config
 
 if TYPE_CHECKING:
     import torch
@@ -168,6 +170,13 @@ class WeightsRecipe(RecipeKind):
             raise ConfigError(source, "mass", "no MASS routing (it needs the whole model resident; export the run instead)")
         return plan_recipe(self.method, self.base, self.models, self.resolver(0), None, out_dtype, compute_dtype,
                            keep_embeddings_from)
+
+    def mergekit_config(self) -> dict[str, Any]:
+        """One layer group whose filters all take ``params`` (:func:`~evomerge.recipe.to_mergekit.task_vector_config`)."""
+        if self.mass is not None and self.mass.enabled:
+            raise NoMergekitConfig("MASS routing chooses a merge per input; mergekit writes one static model")
+        parsed = MERGE_METHODS.get(self.method).parse(self.params)
+        return task_vector_config(self.method, self.base, self.models, {Cell(0, f): parsed for f in FILTERS}, 1)
 
 
 def parse_recipe(data: Any, source: str = "recipe", prefix: str = "") -> RecipeKind:

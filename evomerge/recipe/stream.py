@@ -38,7 +38,7 @@ from evomerge.core.merge.generalized import generalized_task_arithmetic, linear
 from evomerge.errors import ConfigError, UserError
 from evomerge.io.mergekit_config import ConditionalParameter, InputSlice, MergekitConfig, OutputSlice
 from evomerge.io.tensors import LAYER, TensorInfo, TensorSource, is_vocab_tensor
-from evomerge.io.writer import ShardedWriter, atomic_folder
+from evomerge.io.writer import DEFAULT_SHARD_SIZE, ShardedWriter, atomic_folder, parse_size
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 #: Files copied from the tokenizer donor into the output folder, when present.
@@ -92,8 +92,22 @@ class MergePlan:
 
 
 # -- running a plan ----------------------------------------------------------------------------------
-def execute(plan: MergePlan, out: str | Path, max_shard_bytes: int, device: str = "cpu", progress: bool = True) -> Path:
-    """Run ``plan`` into the folder ``out`` (safetensors shards, config, tokenizer); returns ``out``."""
+@dataclass(frozen=True)
+class WriteOptions:
+    """How a plan is written: shard budget, output dtype (None: the sources'), dtype and device of the math."""
+
+    max_shard_bytes: int = parse_size(DEFAULT_SHARD_SIZE)
+    dtype: torch.dtype | None = None
+    compute_dtype: torch.dtype = torch.float32
+    device: str = "cpu"
+    progress: bool = True
+
+
+def execute(plan: MergePlan, out: str | Path, max_shard_bytes: int, device: str = "cpu", progress: bool = True,
+            finish: Callable[[Path], None] | None = None) -> Path:
+    """Run ``plan`` into the folder ``out`` (safetensors shards, config, tokenizer); returns ``out``.
+    ``finish`` is called on the complete folder before it is renamed into place (e.g. to write a
+    manifest of its files), so a failure there leaves no output either."""
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {device}: no CUDA device is available here")
@@ -108,6 +122,8 @@ def execute(plan: MergePlan, out: str | Path, max_shard_bytes: int, device: str 
             writer.add(job.name, run_job(plan, job, dev))
         writer.finish()
         write_folder_files(plan, tmp)
+        if finish is not None:
+            finish(tmp)
     return out
 
 

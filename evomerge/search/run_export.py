@@ -1,4 +1,5 @@
-"""A run's candidate exported: the run folder's side of :mod:`evomerge.recipe.export`."""
+"""A run's candidate exported: the run folder's side of :mod:`evomerge.recipe.export` (zoo models)
+and of :mod:`evomerge.search.hf_export` (Hugging Face sources)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from typing import Any
 from evomerge.errors import UserError, read_json
 from evomerge.recipe.export import recipe_models, save_export
 from evomerge.recipe.materialize import materialize
+from evomerge.recipe.schema import parse_recipe
+from evomerge.recipe.stream import WriteOptions
+from evomerge.search.hf_export import export_hf, uses_hf_sources
 from evomerge.search.run_folder import RunFolder
 from evomerge.zoo.catalog import Zoo
 
@@ -30,12 +34,16 @@ def find_candidate(folder: RunFolder, candidate: str = "best") -> dict[str, Any]
     return rows[-1]
 
 
-def export_candidate(run_dir: str | Path, out: str | Path, candidate: str = "best") -> Path:
-    """Materialize a run's candidate from the zoo and write it as a model folder."""
+def export_candidate(run_dir: str | Path, out: str | Path, candidate: str = "best", options: WriteOptions = WriteOptions()) -> Path:
+    """Write a run's candidate as a model folder: merged from its Hugging Face sources (written as
+    ``options`` say), or materialized from the zoo."""
     run_dir, out = Path(run_dir), Path(out)
     folder = RunFolder(run_dir)
     space = folder.load_space()
     record = find_candidate(folder, candidate)
+    recipe = parse_recipe(record["recipe"], f"{folder.path} (candidate {record.get('id')})", "recipe")
+    if uses_hf_sources(space, recipe):
+        return export_hf(space, record, recipe, run_dir, out, options)
     zoo = Zoo(seed=space.zoo.seed)
     ids = recipe_models(record["recipe"])
     zoo.build(workers=1, ids=ids, progress=True)

@@ -19,16 +19,19 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from evomerge.console import Steps, figure
-from evomerge.distributed.pool import EvalResult, Pool
 from evomerge.fitness.responses import ResponseLog
+from evomerge.fitness.results import EvalResult
 from evomerge.search.engines import ENGINES, Candidate, Engine
 from evomerge.search.pareto import add_to_front, best_index, pareto_front
 from evomerge.search.progress import SearchProgress
 from evomerge.search.run_folder import RunFolder
 from evomerge.search.space import SearchSpace, decode, dump_space
+
+if TYPE_CHECKING:
+    from evomerge.distributed.pool import Pool  # the interface the driver runs on (the layer above)
 
 FinalEval = Callable[[dict], dict]
 

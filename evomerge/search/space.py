@@ -21,7 +21,6 @@ merge over Hugging Face sources is checked for one architecture and one vocabula
 from __future__ import annotations
 
 import itertools
-import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, Union
@@ -43,6 +42,7 @@ from pydantic import (
 )
 
 from evomerge.errors import ConfigError, FieldIssue, UserError, config_error, read_text
+from evomerge.recipe.kind import path_steps
 from evomerge.recipe.schema import RECIPE_KINDS, parse_recipe
 from evomerge.settings import FitnessSettings, Resources, Seed, Strict, ZooSettings
 
@@ -623,13 +623,13 @@ def _template_node(template: Any, field: str) -> Any:
     """The template's node at a field path such as ``recipe.branches[0].fit.items`` (None if absent);
     a gene reference on the way (the path goes on inside an array gene's value) is the node."""
     node: Any = {"recipe": template}
-    for key, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", field):
+    for step in path_steps(field):
         if _is_ref(node):
             break
-        if index and isinstance(node, list) and int(index) < len(node):
-            node = node[int(index)]
-        elif key and isinstance(node, dict) and key in node:
-            node = node[key]
+        if isinstance(step, int) and isinstance(node, list) and step < len(node):
+            node = node[step]
+        elif isinstance(step, str) and isinstance(node, dict) and step in node:
+            node = node[step]
         else:
             return None
     return node
@@ -662,7 +662,7 @@ def check_recipes(space: SearchSpace) -> None:
 
 def check_searchable(space: SearchSpace) -> None:
     """What the search's evaluators take, checked before any budget is spent: zoo ids on built-in
-    tasks, or else a space over model sources (:class:`~evomerge.recipe.source_evaluator.SourceEvaluator`):
+    tasks, or else a space over model sources (:class:`~evomerge.fitness.source_evaluator.SourceEvaluator`):
     every model a source entry, every task an item file, every recipe of a kind built in place."""
     check_recipes(space)
     if space.builtin_only:
@@ -675,11 +675,26 @@ def check_searchable(space: SearchSpace) -> None:
         if not isinstance(t, ItemTaskSpec):
             raise ConfigError(space.source, f"tasks[{i}]", "an item-file task ({name, items, format, metric}) "
                               "in a space over model sources", t.name)
+    if space.fitness.estimator != "full":
+        check_banks_match_items(space)
     for genome in sample_genomes(space):
         kind = parse_recipe(decode(space, genome), space.source, "recipe")
         if not kind.in_place:
             raise ConfigError(space.source, "recipe.kind", "a recipe kind built in place for a search over "
                               "model sources (layerwise, or weights without MASS)", kind.kind)
+
+
+def check_banks_match_items(space: SearchSpace) -> None:
+    """Each item-file task's bank holds the task's validation items with the prompts it was calibrated
+    on (:func:`~evomerge.fitness.bank.check_items`: exit 2 naming the items that differ)."""
+    from evomerge.fitness.bank import check_items, load_bank
+    from evomerge.items import prompt_hash
+
+    banks = space.task_banks()
+    for t in space.tasks:
+        if isinstance(t, ItemTaskSpec) and banks[t.name] is not None:
+            items = t.item_set.split("val")
+            check_items(load_bank(banks[t.name]), banks[t.name], {i.id: prompt_hash(i) for i in items})
 
 
 def check_weight_merge(space: SearchSpace, refs: list[tuple[str, str]], checked: set[tuple[str, str]]) -> None:

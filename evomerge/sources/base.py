@@ -24,7 +24,7 @@ from evomerge.settings import Strict
 if TYPE_CHECKING:
     from torch import nn
 
-    from evomerge.zoo.adapter import ModelAdapter
+    from evomerge.sources.adapters import ModelAdapter
 
 S = TypeVar("S", bound="Source")
 

@@ -1,5 +1,5 @@
 """A local Hugging Face model directory: the model class chosen from ``config.json``, the tokenizer
-(or image processor) saved beside it, and :class:`~evomerge.zoo.adapter.HFAdapter` over the model."""
+(or image processor) saved beside it, and :class:`~evomerge.sources.adapters.HFAdapter` over the model."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from evomerge.sources.base import Source, source_kind
 if TYPE_CHECKING:
     from torch import nn
 
-    from evomerge.zoo.adapter import HFAdapter
+    from evomerge.sources.adapters import HFAdapter
 
 #: Files that mean a directory has a tokenizer; ``preprocessor_config.json`` means an image processor.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.txt", "vocab.json")
@@ -95,7 +95,7 @@ class HFSource(Source):
         return model.to(device).eval().requires_grad_(False)
 
     def adapter(self, device: str = "cpu", model: nn.Module | None = None) -> HFAdapter:
-        from evomerge.zoo.adapter import HFAdapter
+        from evomerge.sources.adapters import HFAdapter
 
         return HFAdapter.from_model(model if model is not None else self.load_model(device))
 

@@ -1,6 +1,6 @@
 """A torch module built by a Python factory (``package.module:Class`` plus keyword arguments) with its
 weights from a safetensors checkpoint (never unpickled), seen through
-:class:`~evomerge.zoo.adapter.TorchAdapter`."""
+:class:`~evomerge.sources.adapters.TorchAdapter`."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from evomerge.sources.base import Source, source_kind
 if TYPE_CHECKING:
     from torch import nn
 
-    from evomerge.zoo.adapter import TorchAdapter
+    from evomerge.sources.adapters import TorchAdapter
 
 
 def import_factory(path: str) -> Callable[..., Any]:
@@ -84,7 +84,7 @@ class TorchSource(Source):
     def adapter(self, device: str = "cpu", model: nn.Module | None = None) -> TorchAdapter:
         import torch
 
-        from evomerge.zoo.adapter import TorchAdapter
+        from evomerge.sources.adapters import TorchAdapter
 
         model = model if model is not None else self.load_model(device)
         layers = self.layers if self.layers is not None else [n for n, _ in model.named_children()]

@@ -5,7 +5,7 @@ the search names) and every candidate is written into it in place
 (:class:`~evomerge.recipe.inplace.InPlaceBuilder`: task vectors and a method's per-task factors
 cached), then scored by the tasks' scorers (:mod:`evomerge.items.scorers`) on the chosen items
 of the split. Nothing is saved or reloaded per candidate. The fitness side (full or IRT) is
-:class:`~evomerge.recipe.scoring.CandidateEvaluator`'s.
+:class:`~evomerge.fitness.evaluator.CandidateEvaluator`'s.
 
 ``params`` is the resident model's parameter count and ``added_params`` 0 (an in-place merge has
 its base's shape). ``latency_ms`` is measured only when an objective or a constraint reads it: the
@@ -22,13 +22,13 @@ import numpy as np
 from torch import nn
 
 from evomerge.errors import UserError
+from evomerge.fitness.evaluator import CandidateEvaluator
 from evomerge.fitness.search_fitness import Answer
 from evomerge.io.tensors import is_vocab_tensor
 from evomerge.items import ItemSet, Scorer, make_scorer
 from evomerge.recipe.inplace import InPlaceBuilder
 from evomerge.recipe.materialize import Materialized
 from evomerge.recipe.schema import parse_recipe
-from evomerge.recipe.scoring import CandidateEvaluator
 
 if TYPE_CHECKING:
     from evomerge.search.space import SearchSpace  # read only (duck-typed): the search layer sits above

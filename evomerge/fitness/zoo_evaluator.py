@@ -1,8 +1,8 @@
-"""The worker-side evaluator of zoo recipes on built-in tasks, and the choice of evaluator for a space.
+"""The worker-side evaluator of zoo recipes on built-in tasks.
 
 Built once per worker (in-process pool or Ray actor) and reused for every candidate, so source
 models, task items, aligner fit activations and the item bank are loaded or computed once. The
-fitness side (full or IRT) is :class:`~evomerge.recipe.scoring.CandidateEvaluator`'s.
+fitness side (full or IRT) is :class:`~evomerge.fitness.evaluator.CandidateEvaluator`'s.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from torch import nn
 from evomerge.core.probe import ActivationCache
 from evomerge.data.tasks import TaskData, load_task
 from evomerge.evaluate import responses
+from evomerge.fitness.evaluator import CandidateEvaluator, ScoringSettings
 from evomerge.fitness.search_fitness import Answer
 from evomerge.recipe.materialize import Materialized, materialize
-from evomerge.recipe.scoring import CandidateEvaluator, ScoringSettings
 from evomerge.settings import ZooSettings
 from evomerge.zoo.catalog import Zoo
 
@@ -95,12 +95,3 @@ class RecipeEvaluator(CandidateEvaluator):
 
         return answer
 
-
-def make_evaluator(space: Any, split: str = "val", estimator: str | None = None, device: str = "cpu") -> CandidateEvaluator:
-    """The evaluator a space needs: zoo recipes on built-in tasks, or recipes over model sources on
-    item files (:class:`~evomerge.recipe.source_evaluator.SourceEvaluator`)."""
-    if space.builtin_only:
-        return RecipeEvaluator(space, split, estimator, device)
-    from evomerge.recipe.source_evaluator import SourceEvaluator
-
-    return SourceEvaluator(space, split, estimator, device)

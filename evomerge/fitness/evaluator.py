@@ -1,8 +1,8 @@
 """What every worker-side evaluator does once a candidate is built: score it, full or through IRT.
 
 :class:`CandidateEvaluator` holds the fitness side shared by the evaluators of zoo recipes
-(:class:`~evomerge.recipe.evaluator.RecipeEvaluator`) and of recipes over model sources
-(:class:`~evomerge.recipe.source_evaluator.SourceEvaluator`); they differ in how a candidate is
+(:class:`~evomerge.fitness.zoo_evaluator.RecipeEvaluator`) and of recipes over model sources
+(:class:`~evomerge.fitness.source_evaluator.SourceEvaluator`); they differ in how a candidate is
 built (:meth:`build`), how a model answers items of a task (:meth:`answerer`) and how latency is
 measured. Fitness ``full`` answers every item of the split. An IRT estimator (``fitness.estimator``,
 validation split, one bank per task: ``fitness.bank`` or ``tasks[].bank``) runs the model on the
@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from evomerge.distributed.pool import EvalResult, Known, TaskResponses
 from evomerge.errors import ConfigError, UserError
 from evomerge.fitness.multitask import TaskEstimate, combine
+from evomerge.fitness.results import EvalResult, Known, TaskResponses
 from evomerge.fitness.search_fitness import PARENT_ESTIMATORS, Answer, BankFitness, Scored
 from evomerge.recipe.kind import RecipeKind
 from evomerge.recipe.materialize import Materialized
@@ -199,3 +199,16 @@ class CandidateEvaluator(ABC):
         self.best_combined = max([self.best_combined, *exact])
         metrics, answered, estimates = self.score(self.build(recipe), recipe)
         return EvalResult(candidate_id, "ok", metrics, answered, time.perf_counter() - start, estimates=estimates)
+
+
+def make_evaluator(space: Any, split: str = "val", estimator: str | None = None, device: str = "cpu") -> CandidateEvaluator:
+    """The evaluator a space needs: zoo recipes on built-in tasks
+    (:class:`~evomerge.fitness.zoo_evaluator.RecipeEvaluator`), or recipes over model sources on
+    item files (:class:`~evomerge.fitness.source_evaluator.SourceEvaluator`)."""
+    if space.builtin_only:
+        from evomerge.fitness.zoo_evaluator import RecipeEvaluator
+
+        return RecipeEvaluator(space, split, estimator, device)
+    from evomerge.fitness.source_evaluator import SourceEvaluator
+
+    return SourceEvaluator(space, split, estimator, device)
