@@ -115,6 +115,9 @@ def test_zoo_list_json_rows_of_the_family(tiny_lm, monkeypatch, capsys):
     assert {k for r in rows for k in r} >= {"id", "architecture", "dataset", "condition", "params",
                                              "val_accuracy", "test_accuracy", "skills", "built"}
     assert rows[4]["test_accuracy"] == tiny_lm.record("lm-compare")["test_accuracy"]
+    assert main(["zoo", "list", "--family", "lm"]) == 0  # the table: a test-accuracy column per skill
+    table = capsys.readouterr().out
+    assert "test compare" in table and f"{tiny_lm.record('lm-compare')['test_accuracy']:.3f}" in table
     monkeypatch.setattr(catalog, "DEFAULT_SPEC", tiny_family().model_copy(update={"ft_steps": 5}))
     assert main(["zoo", "list", "--family", "lm", "--json"]) == 0
     assert not any(r["built"] for r in json.loads(capsys.readouterr().out))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -41,7 +41,7 @@ def collate(batch: Sequence[tuple[list[int], int]], pad_id: int) -> dict[str, to
 
 def train_lm(
     model: PreTrainedModel, data: Sequence[tuple[list[int], int]], *, steps: int, lr: float, batch_size: int,
-    seed: int, pad_id: int, log: Callable[[int, float], None] | None = None,
+    seed: int, pad_id: int,
 ) -> float:
     """Train ``model`` in place for ``steps`` AdamW steps; returns the mean loss of the last 10%."""
     rng = random.Random(seed)
@@ -68,7 +68,5 @@ def train_lm(
         sched.step()
         if step >= steps - max(1, steps // 10):
             tail.append(loss.item())
-        if log and (step + 1) % 100 == 0:
-            log(step + 1, loss.item())
     model.eval()
     return sum(tail) / len(tail)
