@@ -13,7 +13,7 @@ LAYERS = [
     ("base", ["evomerge", "evomerge.errors", "evomerge.console", "evomerge.cache", "evomerge.settings",
               "evomerge.registry", "evomerge.io"]),
     ("sources", ["evomerge.sources", "evomerge.zoo", "evomerge.data", "evomerge.evaluate"]),
-    ("items", ["evomerge.items"]),
+    ("items", ["evomerge.items", "evomerge.zoo.lm"]),  # the LM family is built and scored on item files
     ("core", ["evomerge.core"]),
     ("recipe", ["evomerge.recipe", "evomerge.hf_merge"]),
     ("fitness", ["evomerge.fitness"]),

@@ -327,6 +327,23 @@ class SearchSpace(Strict):
             raise FieldIssue("anchors", f"one of {', '.join(ANCHORS.names())}", fitness.anchors)
         return fitness
 
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_variables(cls, data: Any) -> Any:
+        """``${lm}`` at the start of a string field of a ``models`` or ``tasks`` entry: the folder of the
+        built-in LM family of ``zoo.seed`` (:class:`~evomerge.zoo.lm.catalog.LMZoo`), which must be built."""
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        zoo = data.get("zoo")
+        seed = zoo.get("seed", 0) if isinstance(zoo, Mapping) else 0
+        for key in ("models", "tasks"):
+            entries = data.get(key)
+            if isinstance(entries, list):
+                data[key] = [_expand_lm(e, f"{key}[{i}]", seed) if isinstance(e, Mapping) else e
+                             for i, e in enumerate(entries)]
+        return data
+
     @model_validator(mode="after")
     def _cross_references(self, info: ValidationInfo) -> SearchSpace:
         self._open_models(info)
@@ -454,6 +471,31 @@ def _unique(field: str, names: list[str], sub: str | list[str] = "") -> None:
         if n in seen:
             raise FieldIssue(f"{field}[{i}]{subs[i]}", "a unique name", n)
         seen.add(n)
+
+
+#: The path variable of the built-in LM family's folder (``docs/spaces.md``).
+LM_VARIABLE = "${lm}"
+
+
+def _expand_lm(entry: Mapping[str, Any], field: str, seed: Any) -> dict[str, Any]:
+    """The entry with :data:`LM_VARIABLE` replaced by the LM family's folder; FieldIssue when the family
+    is not built (or the seed is not an integer)."""
+    if not any(isinstance(v, str) and v.startswith(LM_VARIABLE) for v in entry.values()):
+        return dict(entry)
+    from evomerge.zoo.lm.catalog import LMZoo
+
+    if not isinstance(seed, int):
+        raise FieldIssue("zoo.seed", "an integer seed (it names the LM family of ${lm})", seed)
+    zoo = LMZoo(seed=seed)
+    out = {}
+    for k, v in entry.items():
+        if isinstance(v, str) and v.startswith(LM_VARIABLE):
+            if not all(zoo.is_built(i) for i in zoo.ids()):
+                raise FieldIssue(f"{field}.{k}", f"the built-in LM family built for seed {seed} ({LM_VARIABLE} is "
+                                 f"{zoo.root}; build it with 'evomerge zoo build --family lm --seed {seed}')", v)
+            v = str(zoo.root) + v[len(LM_VARIABLE):]
+        out[k] = v
+    return out
 
 
 def _absolute_paths(entry: dict[str, Any], base: Path) -> dict[str, Any]:

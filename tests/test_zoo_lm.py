@@ -1,0 +1,123 @@
+"""The built-in language-model family, in miniature (``tiny_family``): Hugging Face folders that
+transformers loads, item files in the public format, deterministic training, records, spaces that
+name the family through ``${lm}``."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from evomerge.errors import ConfigError
+from evomerge.items import load_items, parse_format
+from evomerge.items.readers import format_block
+from evomerge.zoo.lm import catalog
+from evomerge.zoo.lm.catalog import LMZoo
+from evomerge.zoo.lm.family import BASE, tiny_family, train_member
+from evomerge.zoo.lm.skills import SKILLS, generate, training_text
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    zoo = LMZoo(seed=0, cache_dir_=tmp_path_factory.mktemp("lmcache"), spec=tiny_family())
+    trained = zoo.build(workers=1)
+    assert set(trained) == set(zoo.ids()) == {"lm-base", "lm-reverse", "lm-sort", "lm-count", "lm-compare"}
+    return zoo
+
+
+def test_models_are_hugging_face_folders_with_the_character_tokenizer(tiny_lm):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+    folder = tiny_lm.model_dir("lm-reverse")
+    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    assert isinstance(tok, PreTrainedTokenizerFast)
+    assert tok.decode(tok("reverse abc: cba\n", add_special_tokens=False)["input_ids"]) == "reverse abc: cba\n"
+    assert len(tok("sort hgf: ", add_special_tokens=False)["input_ids"]) == len("sort hgf: ")  # one token a character
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert tiny_lm.record("lm-reverse")["params"] == sum(p.numel() for p in model.parameters())
+
+
+def test_item_files_hold_disjoint_val_and_test_items_in_the_public_format(tiny_lm):
+    n = tiny_family().held_out
+    for skill in tiny_lm.spec.skills:
+        files = tiny_lm.items(skill)
+        items = load_items(files.path, parse_format(*format_block(str(files.format_file))), seed=0)
+        assert items.kind == SKILLS[skill].type
+        val, test = items.split("val"), items.split("test")
+        assert len(val) == len(test) == n
+        prompts = [training_text(i.doc)[0] for i in items]
+        assert len(set(prompts)) == 2 * n  # distinct, so val and test are disjoint
+        train = {training_text(i)[0] for i in generate(skill, 400, 0, "train")}
+        assert not train & set(prompts)  # never trained on
+
+
+def test_records_score_every_model_on_every_skill(tiny_lm):
+    for mid in tiny_lm.ids():
+        rec = tiny_lm.record(mid)
+        assert rec["dataset"] == "lm" and rec["architecture"] == "LlamaForCausalLM" and rec["family"] == "lm"
+        assert set(rec["skills"]) == {"reverse", "sort", "count", "compare"}
+        assert all(0.0 <= v[s] <= 1.0 for v in rec["skills"].values() for s in ("val", "test"))
+    base, ft = tiny_lm.record("lm-base"), tiny_lm.record("lm-compare")
+    assert ft["condition"] == "compare" and ft["test_accuracy"] == ft["skills"]["compare"]["test"]
+    assert base["test_accuracy"] == pytest.approx(sum(v["test"] for v in base["skills"].values()) / 4, abs=1e-4)
+    # 20 steps on the rule task lift it well above the base (about 0.45 -> 0.8 on 60 items)
+    assert ft["skills"]["compare"]["test"] >= base["skills"]["compare"]["test"] + 0.15
+
+
+def test_training_is_deterministic_for_a_seed(tiny_lm, tmp_path):
+    spec = tiny_family()
+    train_member(spec, BASE, 0, tmp_path / "again", None)
+    a = load_file(str(tiny_lm.model_dir("lm-base") / "model.safetensors"))
+    b = load_file(str(tmp_path / "again" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    train_member(spec, BASE, 1, tmp_path / "other", None)
+    c = load_file(str(tmp_path / "other" / "model.safetensors"))
+    assert not torch.equal(a["model.embed_tokens.weight"], c["model.embed_tokens.weight"])
+
+
+def test_a_changed_spec_or_seed_is_a_new_family(tiny_lm):
+    assert LMZoo(0, tiny_lm.root.parent.parent, tiny_family()).root == tiny_lm.root
+    assert LMZoo(1, tiny_lm.root.parent.parent, tiny_family()).root != tiny_lm.root
+    other = tiny_family().model_copy(update={"ft_steps": 21})
+    assert LMZoo(0, tiny_lm.root.parent.parent, other).root != tiny_lm.root
+
+
+LM_SPACE = Path(__file__).parent.parent / "search_spaces" / "lm_skills.yaml"
+
+
+def test_the_shipped_lm_space_names_the_built_family_through_the_lm_variable(tiny_lm, tmp_path, monkeypatch):
+    from evomerge.search.space import check_searchable, load_space
+
+    monkeypatch.setenv("EVOMERGE_CACHE", str(tiny_lm.root.parent.parent))
+    monkeypatch.setattr(catalog, "DEFAULT_SPEC", tiny_family())
+    space = load_space(LM_SPACE)
+    check_searchable(space)  # every model an hf source, every task an item file, layerwise built in place
+    assert {s.path for s in space.sources.values()} == {tiny_lm.model_dir(i) for i in tiny_lm.ids()}
+    assert [t.name for t in space.tasks] == list(tiny_family().skills)
+    assert len(space.tasks[0].item_set.split("val")) == tiny_family().held_out
+    other = tmp_path / "lm_skills.yaml"  # no family built for seed 7
+    other.write_text(LM_SPACE.read_text().replace("zoo: {seed: 0}", "zoo: {seed: 7}"))
+    with pytest.raises(ConfigError) as err:
+        load_space(other)
+    assert err.value.field == "models[0].path" and "zoo build --family lm --seed 7" in str(err.value)
+
+
+def test_zoo_list_json_rows_of_the_family(tiny_lm, monkeypatch, capsys):
+    from evomerge.cli import main
+
+    monkeypatch.setenv("EVOMERGE_CACHE", str(tiny_lm.root.parent.parent))
+    monkeypatch.setattr(catalog, "DEFAULT_SPEC", tiny_family())
+    assert main(["zoo", "list", "--family", "lm", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["id"] for r in rows] == ["lm-base", "lm-reverse", "lm-sort", "lm-count", "lm-compare"]
+    assert {k for r in rows for k in r} >= {"id", "architecture", "dataset", "condition", "params",
+                                             "val_accuracy", "test_accuracy", "skills", "built"}
+    assert rows[4]["test_accuracy"] == tiny_lm.record("lm-compare")["test_accuracy"]
+    assert main(["zoo", "list", "--family", "lm"]) == 0  # the table: a test-accuracy column per skill
+    table = capsys.readouterr().out
+    assert "test compare" in table and f"{tiny_lm.record('lm-compare')['test_accuracy']:.3f}" in table
+    monkeypatch.setattr(catalog, "DEFAULT_SPEC", tiny_family().model_copy(update={"ft_steps": 5}))
+    assert main(["zoo", "list", "--family", "lm", "--json"]) == 0
+    assert not any(r["built"] for r in json.loads(capsys.readouterr().out))
