@@ -135,7 +135,13 @@ def test_sample_genomes_cover_every_value_active_and_conditionals_inactive():
 
 
 def test_every_shipped_space_passes_the_recipe_check():
+    """Spaces over the LM family (``${lm}``) need it built: in the session's fresh cache they exit 2
+    saying how to build it (their recipes are checked on a built tiny family in test_zoo_lm.py)."""
     for path in sorted((ROOT / "search_spaces").glob("*.yaml")):
+        if "${lm}" in path.read_text():
+            with pytest.raises(ConfigError, match=r"build it with 'evomerge zoo build --family lm --seed 0'"):
+                load_space(path, recipes=True)
+            continue
         load_space(path, recipes=True)
 
 
