@@ -242,9 +242,14 @@ def test_ctrl_c_stops_the_workers_and_the_run_resumes(ray_session, tmp_path):
         os.kill(os.getpid(), signal.SIGINT)
 
     interrupt = threading.Thread(target=after_four_records, daemon=True)
-    interrupt.start()
-    with pytest.raises(KeyboardInterrupt), pool:
-        run_search(space, pool, run, item_ids=ITEM_IDS, progress=False)
+    # Ctrl-C as the CLI meets it: Python's own handler (a library or an earlier test may have replaced it)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        interrupt.start()
+        with pytest.raises(KeyboardInterrupt), pool:
+            run_search(space, pool, run, item_ids=ITEM_IDS, progress=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert gone(pids)  # close() on the way out killed the workers
     assert not json.loads((run / "summary.json").read_text())["complete"]
     done = ids(run)
