@@ -65,6 +65,7 @@ class SourceEvaluator(CandidateEvaluator):
         self.batch_size = space.resources.batch_size
         self._init_fitness()  # the banks are checked before any model is loaded
         self._builders: dict[str, InPlaceBuilder] = {}
+        self._params: dict[str, int] = {}  # each resident model's parameter count
         self._tokenizers: dict[str, Any] = {}
         self._tokenizer: Any = None  # the tokenizer of the candidate being scored (its base's)
         self._timed = any(o.metric == "latency_ms" for o in space.objectives) or space.constraints.max_latency_ms is not None
@@ -96,6 +97,7 @@ class SourceEvaluator(CandidateEvaluator):
             frozen = [n for n in reader.names() if is_vocab_tensor(reader, n)] if self.space.backbone_only else []
             self._builders[base] = InPlaceBuilder(source.load_model(self.device), reader,
                                                   {m: s.tensors() for m, s in self.sources.items()}, self.device, frozen)
+            self._params[base] = sum(p.numel() for p in self._builders[base].module.parameters())  # fixed: in place
         return self._builders[base]
 
     def build(self, recipe: dict[str, Any]) -> Materialized:
@@ -103,8 +105,7 @@ class SourceEvaluator(CandidateEvaluator):
         base = kind.model_refs()[0][1]
         module = self.builder(base).build(kind)
         self._tokenizer = self.tokenizer(base)
-        params = sum(p.numel() for p in module.parameters())
-        return Materialized(module, params, 0, list(self.tasks))
+        return Materialized(module, self._params[base], 0, list(self.tasks))
 
     def answerer(self, model: nn.Module, name: str) -> Answer:
         task, tokenizer = self.tasks[name], self._tokenizer
