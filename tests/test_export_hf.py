@@ -20,7 +20,7 @@ from evomerge.io.tensors import TensorSource
 from evomerge.recipe.schema import parse_recipe
 from evomerge.search.run_folder import RunFolder
 from evomerge.search.space import dump_space, load_space
-from evomerge.zoo.catalog import file_sha256
+from evomerge.io.files import file_sha256
 from tests.llama_fixtures import save_llama_family
 
 NAMES = ("base", "ft0", "ft1")

@@ -11,7 +11,6 @@ merges them, a later answer to the same item replacing an earlier one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from evomerge.errors import UserError, read_json, read_text
+from evomerge.io.files import file_sha256
 
 RESPONSES_FILE = "responses.jsonl"
 ITEMS_DIR = "items"
@@ -139,10 +139,6 @@ class ResponseMatrix:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _records(path: Path) -> list[ResponseRecord]:
     """Parse ``responses.jsonl``; a torn last line (a crash mid-append, no newline) is skipped."""
     text = read_text(path, "a run's responses.jsonl")
@@ -188,7 +184,7 @@ def read_responses(run_dirs: Sequence[str | Path], task_key: str, split: str = "
                                 f"but {items_path} lists {len(ids)}")
             row = rows.setdefault(f"{run.name}/{record.id}", {})
             row.update(zip(record.items, map(float, record.correct)))
-        sources.append(SourceRun(str(run), sha256_file(responses), sha256_file(items_path), len(records)))
+        sources.append(SourceRun(str(run), file_sha256(responses), file_sha256(items_path), len(records)))
     if item_ids is None:
         raise UserError(f"no responses for task '{task_key}' ({split}) in {', '.join(map(str, run_dirs))}")
     values = np.full((len(rows), len(item_ids)), np.nan)

@@ -35,7 +35,8 @@ from evomerge.recipe.merged import MassMerge
 from evomerge.recipe.schema import WeightsRecipe, parse_recipe
 from evomerge.settings import Seed
 from evomerge.zoo.adapter import LayeredAdapter
-from evomerge.zoo.catalog import Zoo, file_sha256, new_net
+from evomerge.io.files import file_sha256
+from evomerge.zoo.catalog import Zoo, new_net
 from evomerge.zoo.specs import ModelSpec, default_specs
 
 FORMAT = "evomerge-export/1"

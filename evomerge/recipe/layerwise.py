@@ -63,8 +63,12 @@ def tensor_cell(name: str, layers: int, groups: int) -> Cell:
     index = int(m["index"])
     if index >= layers:
         raise UserError(f"tensor '{name}': layer {index} of a model with {layers} layers")
-    head = m["rest"].split(".", 1)[0]
-    return Cell(index * groups // layers, "attention" if head in ATTENTION else "mlp" if head in MLP else "rest")
+    return Cell(index * groups // layers, module_filter(m["rest"].split(".", 1)[0]))
+
+
+def module_filter(head: str) -> Filter:
+    """The filter of a layer's tensors under module ``head`` (``self_attn`` -> ``attention``, ``mlp`` -> ``mlp``)."""
+    return "attention" if head in ATTENTION else "mlp" if head in MLP else "rest"
 
 
 class LayerGroup(Strict):

@@ -23,7 +23,7 @@ from typing import Any
 from evomerge.core.merge import MergeParams
 from evomerge.io.tensors import LAYER, TensorSource
 from evomerge.recipe.kind import NoMergekitConfig
-from evomerge.recipe.layerwise import ATTENTION, FILTERS, MLP, Cell, Filter, num_layers
+from evomerge.recipe.layerwise import FILTERS, Cell, Filter, module_filter, num_layers
 
 #: How mergekit's method differs from the evomerge method it stands for, by mergekit method.
 DIFFERENCES = {
@@ -76,8 +76,8 @@ def _filter_heads(names: list[str]) -> dict[Filter, list[str]]:
     for name in names:
         if (m := LAYER.match(name)) is not None:
             head = m["rest"].split(".", 1)[0]
-            kind = "attention" if head in ATTENTION else "mlp" if head in MLP else None
-            if kind is not None and head not in heads[kind]:
+            kind = module_filter(head)
+            if kind != "rest" and head not in heads[kind]:
                 heads[kind].append(head)
     return heads
 

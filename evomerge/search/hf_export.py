@@ -24,7 +24,7 @@ from evomerge.recipe.kind import NoMergekitConfig, RecipeKind
 from evomerge.recipe.stream import WriteOptions, execute
 from evomerge.recipe.to_mergekit import DIFFERENCES
 from evomerge.sources import HFSource
-from evomerge.zoo.catalog import file_sha256
+from evomerge.io.files import file_sha256
 
 if TYPE_CHECKING:
     from evomerge.search.space import SearchSpace

@@ -12,6 +12,7 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from evomerge.data.conditions import get_condition
 from evomerge.data.tasks import load_task
 from evomerge.errors import unknown_name
 from evomerge.evaluate import accuracy
+from evomerge.io.files import file_sha256
 from evomerge.zoo.adapter import LayeredAdapter
 from evomerge.zoo.models import LayeredNet, build_model
 from evomerge.zoo.specs import ModelSpec, default_specs
@@ -33,17 +35,19 @@ from evomerge.zoo.train import train_model
 TRAINING_VERSION = 1
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _worker_init() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     torch.set_num_threads(1)
+
+
+def run_jobs(fn: Callable[..., dict[str, Any]], jobs: list[tuple[Any, ...]], processes: int) -> Iterator[dict[str, Any]]:
+    """``fn(*job)`` for each job, in order: in this process, or in ``processes`` spawned workers with
+    one torch thread each (:func:`_worker_init`)."""
+    if processes <= 1:
+        yield from (fn(*job) for job in jobs)
+        return
+    with ProcessPoolExecutor(processes, mp_context=get_context("spawn"), initializer=_worker_init) as ex:
+        yield from ex.map(fn, *zip(*jobs))
 
 
 def new_net(spec: ModelSpec, model_seed: int) -> LayeredNet:
@@ -142,11 +146,7 @@ class Zoo:
                 processes = min(workers, len(jobs))
                 steps.begin(f"training {', '.join(stage)} (seed {self.seed}, {processes} process"
                             f"{'es' if processes > 1 else ''})")
-                if processes <= 1:
-                    self._collect(map(lambda j: _train_one(*j), jobs), trained, steps)
-                else:
-                    with ProcessPoolExecutor(processes, mp_context=get_context("spawn"), initializer=_worker_init) as ex:
-                        self._collect(ex.map(_train_one, *zip(*jobs)), trained, steps)
+                self._collect(run_jobs(_train_one, jobs, processes), trained, steps)
         return trained
 
     @staticmethod

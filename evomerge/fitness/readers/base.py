@@ -23,7 +23,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from evomerge.errors import ConfigError, UserError
-from evomerge.fitness.responses import ItemInfo, ResponseMatrix, SourceRun, sha256_file
+from evomerge.fitness.responses import ItemInfo, ResponseMatrix, SourceRun
+from evomerge.io.files import file_sha256
 from evomerge.registry import Registry
 
 
@@ -140,7 +141,7 @@ class MatrixBuilder:
         row[item_id] = value
 
     def source(self, path: Path, n_records: int, items_file: Path | None = None) -> None:
-        self.sources.append(SourceRun(str(path), sha256_file(path), items_file and sha256_file(items_file),
+        self.sources.append(SourceRun(str(path), file_sha256(path), items_file and file_sha256(items_file),
                                       n_records, self.reader))
 
     def matrix(self) -> ResponseMatrix:

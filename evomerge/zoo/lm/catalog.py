@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +112,8 @@ class LMZoo:
     def build(self, workers: int = 2, progress: bool = False) -> dict[str, float]:
         """Write the item files, train the base, then the fine-tunes ``workers`` processes at a time,
         whatever is missing; returns the training seconds of each model trained now."""
+        from evomerge.zoo.catalog import run_jobs  # torch and the digits zoo: only when training
+
         items = self.root / "items"
         for skill in self.spec.skills:
             files = skill_items(items, skill)
@@ -128,12 +128,7 @@ class LMZoo:
                 processes = min(workers, len(jobs))
                 steps.begin(f"training {', '.join(model_id(m) for m in stage)} (seed {self.seed}, {processes} "
                             f"process{'es' if processes > 1 else ''})")
-                if processes <= 1:
-                    results: Any = (_build_member(*j) for j in jobs)
-                    self._collect(results, trained, steps)
-                else:
-                    with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as ex:
-                        self._collect(ex.map(_build_member, *zip(*jobs)), trained, steps)
+                self._collect(run_jobs(_build_member, jobs, processes), trained, steps)
         return trained
 
     @staticmethod
