@@ -9,10 +9,14 @@ Defaults: average (equal weights); task arithmetic lambda = 1 (Ilharco et al. 20
 TIES density 0.2, lambda = 1 (Yadav et al. 2023); DARE drop rate 0.9 with rescaling, lambda = 1
 (Yu et al. 2024); TSV-M alpha = 1, rank 1/T of each matrix's (Gargiulo et al. 2025).
 
+Tuned rows (``<method> tuned``): each method's main coefficient chosen on the first ``--tune-items``
+validation items of every skill (mean accuracy) from ``TUNING`` (task arithmetic, TIES and DARE:
+lambda; TSV-M: alpha; average has none), then scored on test like the defaults.
+
 Normalized accuracy (TSV paper, after Ilharco et al.): merged accuracy / the fine-tune's accuracy on
 the same skill, averaged over skills; its ``sd`` is over family seeds (null with one seed).
 
-Run: ``OMP_NUM_THREADS=1 python benchmarks/lm_merging.py [--seeds 0 1 2]`` (each family built first).
+Run: ``OMP_NUM_THREADS=1 python benchmarks/lm_merging.py [--seeds 0 1 2]`` (each family is built if missing).
 """
 
 from __future__ import annotations
@@ -40,9 +44,33 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "dare": {"p": 0.9, "lam": 1.0, "seed": 0},
     "tsv": {"alpha": 1.0},
 }
+#: The coefficient each tuned row searches, and its grid.
+TUNING: dict[str, tuple[str, tuple[float, ...]]] = {
+    "task_arithmetic": ("lam", (0.2, 0.3, 0.4, 0.5, 0.7)),
+    "ties": ("lam", (0.3, 0.5, 0.7, 1.0, 1.5)),
+    "dare": ("lam", (0.2, 0.3, 0.5, 0.7, 1.0)),
+    "tsv": ("alpha", (0.3, 0.5, 0.7, 1.0, 1.5)),
+}
 
 
-def family_rows(seed: int) -> list[dict[str, Any]]:
+def val_scorer(files: list[Any], seed: int, n: int) -> Any:
+    """``score(model) -> mean accuracy`` over the first ``n`` validation items of every skill."""
+    from evomerge.items import load_items, make_scorer
+
+    sets = []
+    for f in files:
+        val = load_items(f.path, f.format, seed=seed, name=f.skill).split("val")
+        sets.append((val.subset(list(val.ids)[:n]), f.metric))
+    scorers = [make_scorer(items) for items, _ in sets]
+
+    def score(model: Any) -> float:
+        return statistics.fmean(float(sc.score(model, items, tokenizer=char_tokenizer(), batch_size=128).correct[metric].mean())
+                                for sc, (items, metric) in zip(scorers, sets))
+
+    return score
+
+
+def family_rows(seed: int, tune_items: int) -> list[dict[str, Any]]:
     """The rows of one family seed: the base, each fine-tune, and each method's merge."""
     import transformers
     from transformers import LlamaForCausalLM
@@ -63,7 +91,15 @@ def family_rows(seed: int) -> list[dict[str, Any]]:
                 "abs_accuracy": sum(test.values()) / len(test),
                 "normalized_accuracy": sum(test[s] / own[s] for s in skills) / len(skills), "merge_s": round(merge_s, 3)}
 
-    rows = [row("fine-tuned (each its own)", {}, own),
+    taus = [torch.cat([(st[k] - base[k]).flatten().float() for k in base if base[k].is_floating_point()]) for st in states]
+    pairs = [(i, j) for i in range(len(taus)) for j in range(i + 1, len(taus))]
+    interference = {  # what the methods' premises are about: overlapping directions and sign conflicts
+        "task_vector_cosine": {f"{skills[i]}/{skills[j]}": round(float(torch.nn.functional.cosine_similarity(taus[i], taus[j], 0)), 4)
+                               for i, j in pairs},
+        "sign_conflict_share": {f"{skills[i]}/{skills[j]}": round(float(((taus[i] * taus[j]) < 0).float().mean()), 4)
+                                for i, j in pairs},
+    }
+    rows = [{**row("fine-tuned (each its own)", {}, own), "interference": interference},
             row("base", {}, {s: v["test"] for s, v in zoo.record(model_id(BASE))["skills"].items()})]
     for method, params in DEFAULTS.items():
         start = time.perf_counter()
@@ -72,16 +108,29 @@ def family_rows(seed: int) -> list[dict[str, Any]]:
         model.load_state_dict(merged)
         scores = score_skills(model, char_tokenizer(), files, seed)
         rows.append(row(method, params, {s: v["test"] for s, v in scores.items()}, seconds))
+    score_val = val_scorer(files, seed, tune_items)
+    for method, (coef, grid) in TUNING.items():
+        tried = []
+        for value in grid:
+            params = {**DEFAULTS[method], coef: value}
+            model.load_state_dict(merge(method, base, states, params))
+            tried.append((score_val(model), value, params))
+        val_acc, value, params = max(tried, key=lambda t: t[0])
+        model.load_state_dict(merge(method, base, states, params))
+        scores = score_skills(model, char_tokenizer(), files, seed)
+        rows.append({**row(f"{method} tuned", params, {s: v["test"] for s, v in scores.items()}),
+                     "tuned": {coef: value, "val_accuracy": round(val_acc, 4), "grid": list(grid)}})
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="family seeds (each built if missing)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="family seeds (each built if missing)")
+    parser.add_argument("--tune-items", type=int, default=250, help="validation items per skill for the tuned rows")
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
-    rows = [r for seed in args.seeds for r in family_rows(seed)]
+    rows = [r for seed in args.seeds for r in family_rows(seed, args.tune_items)]
     norm: dict[str, dict[int, float]] = {}
     for r in rows:
         norm.setdefault(r["method"], {})[r["seed"]] = r["normalized_accuracy"]
@@ -91,12 +140,14 @@ def main() -> None:
         "seeds": args.seeds,
         "wall_s": round(time.perf_counter() - start, 1),
     }
-    command = COMMAND + (f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds != [0] else "")
+    command = COMMAND + (f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds != [0, 1, 2] else "")
+    command += f" --tune-items {args.tune_items}" if args.tune_items != 250 else ""
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps({"benchmark": "lm_merging", "command": command, "rows": rows, "summary": summary},
                               indent=1) + "\n")
     for m, v in summary["normalized_accuracy"].items():
-        print(f"{m:<28} normalized {v:.3f}")
+        sd = summary["normalized_accuracy_sd"][m]
+        print(f"{m:<28} normalized {v:.3f}" + (f" ± {sd:.3f}" if sd is not None else ""))
 
 
 if __name__ == "__main__":
