@@ -49,6 +49,7 @@ import argparse
 import contextlib
 import io
 import json
+import math
 import multiprocessing
 import sys
 import time
@@ -353,11 +354,12 @@ def main() -> None:
     for s in skills:
         cal = calibrate(y_random[s][train], holdout=0.2, seed=0)
         banks["own"][s] = Bank(cal.fit.params, cal.diagnostics["heldout_mae"], source_answers[s])
-        calibrations["own"][s] = cal.diagnostics
+        calibrations["own"][s] = {k: None if isinstance(v, float) and not math.isfinite(v) else v  # as a bank file has it
+                                  for k, v in cal.diagnostics.items()}
     for source in banks:
         for s, d in calibrations[source].items():
             print(f"bank {source:4} {s:8}: {d['n_candidates']} models, held-out loglik {d['heldout_loglik']:.3f} "
-                  f"(item means {d['heldout_loglik_item_means']:.3f}), AUC {d['heldout_auc']:.3f}, "
+                  f"(item means {d['heldout_loglik_item_means']:.3f}), AUC {d['heldout_auc'] or float('nan'):.3f}, "
                   f"accuracy MAE {d['heldout_mae']:.4f}", flush=True)
     close_run = full_runs[args.search_seeds[0]]
     y_close, close_names, _ = skill_rows(close_run, skills)
