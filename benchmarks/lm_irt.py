@@ -190,22 +190,23 @@ def past_model(job: dict[str, Any], space_path: str, folder: str) -> dict[str, A
         if code:
             raise RuntimeError(f"evomerge evaluate {model_dir} on {t.name}: exit {code}")
         accuracy[t.name] = json.loads(stdout.getvalue())[0][t.metric]
-    return {"model": job["name"], "val_accuracy": accuracy}
+    return {"model": job["name"], "val_accuracy": accuracy, "logs": str(logs / sanitize_model_name(str(model_dir)))}
 
 
-def calibrate_past(space: SearchSpace, work: Path) -> dict[str, Path]:
-    """One bank per skill from the past models' lm-eval logs, by ``evomerge calibrate --from lm-eval``
-    (kept while newer than every log)."""
+def calibrate_past(space: SearchSpace, work: Path, folders: list[str]) -> dict[str, Path]:
+    """One bank per skill from the past models' lm-eval log ``folders`` (one per model), by ``evomerge
+    calibrate --from lm-eval``; a bank is kept while it was fitted on these folders and is newer than their logs."""
     banks = {}
-    newest_log = max(p.stat().st_mtime for p in (work / "logs").rglob("*.json*"))
+    newest_log = max(p.stat().st_mtime for f in folders for p in Path(f).glob("*.json*"))
     for t in space.tasks:
         banks[t.name] = work / "banks" / f"{t.name}.json"
-        if banks[t.name].is_file() and banks[t.name].stat().st_mtime > newest_log:
+        if banks[t.name].is_file() and banks[t.name].stat().st_mtime > newest_log and \
+                {str(Path(src.path).parent) for src in load_bank(banks[t.name]).sources} == set(folders):
             continue
-        code = evomerge_cli(["calibrate", "--from", "lm-eval", str(work / "logs"), "--task", t.name, "--split", "val",
+        code = evomerge_cli(["calibrate", "--from", "lm-eval", *folders, "--task", t.name, "--split", "val",
                              "--out", str(banks[t.name])])
         if code:
-            raise RuntimeError(f"evomerge calibrate --from lm-eval {work / 'logs'} --task {t.name}: exit {code}")
+            raise RuntimeError(f"evomerge calibrate --from lm-eval ({len(folders)} model folders) --task {t.name}: exit {code}")
     return banks
 
 
@@ -322,7 +323,7 @@ def main() -> None:
         print(f"past models ({len(past_rows)}), validation accuracy per skill:", flush=True)
         for r in past_rows:
             print(f"  {r['model']:<24} " + "  ".join(f"{s} {v:.3f}" for s, v in r["val_accuracy"].items()), flush=True)
-        bank_files = calibrate_past(space, work)
+        bank_files = calibrate_past(space, work, [r["logs"] for r in past_rows])
         irt_fitness = {"estimator": "irt", "items": args.search_items, "anchors": "random"}
         irt_tasks = [{**t, "bank": str(bank_files[t["name"]])} for t in base_tasks]
         newest_bank = max(p.stat().st_mtime for p in bank_files.values())  # a run on these banks is reused
@@ -338,7 +339,7 @@ def main() -> None:
     source_paths = {m["path"]: m["name"] for m in space.models}
     source_answers: dict[str, dict[str, np.ndarray]] = {}
     for s in skills:
-        matrix = read_matrix("lm-eval", [work / "logs"], ReadOptions(task=s, split="val"))
+        matrix = read_matrix("lm-eval", [r["logs"] for r in past_rows], ReadOptions(task=s, split="val"))
         order = positions(matrix.item_ids, item_ids[s])
         source_answers[s] = {source_paths[c]: matrix.values[r, order] for r, c in enumerate(matrix.candidates)
                              if c in source_paths}
