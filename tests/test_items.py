@@ -347,3 +347,12 @@ class TestReaderConformance:
         where = {"jsonl": ":2", "csv": ":3", "parquet": ":row 2"}[name]  # the second record (CSV: after the header)
         with pytest.raises(ConfigError, match=rf"f\{suffix}{where}: field 'answer': expected a value"):
             load_items(tmp_path / f"f{suffix}", MC, reader=name)
+
+
+def test_long_inline_format_block():
+    """An inline --format longer than a file name may be is parsed as YAML, not stat-ed as a path."""
+    from evomerge.items.readers import format_block
+
+    spec = "{type: generation, prompt: prompt, target: target, " + ", ".join(f"x{i}: {i}" for i in range(60)) + "}"
+    block, source = format_block(spec)
+    assert (block["type"], block["x59"], source) == ("generation", 59, "--format")

@@ -120,9 +120,13 @@ def format_block(spec: str) -> tuple[Any, str]:
     import yaml
 
     path = Path(spec)
-    source = spec if path.is_file() else "--format"
     try:
-        block = yaml.safe_load(read_text(path, "a format block") if path.is_file() else spec)
+        is_file = path.is_file()
+    except OSError:  # an inline block longer than a file name may be (ENAMETOOLONG) is not a file
+        is_file = False
+    source = spec if is_file else "--format"
+    try:
+        block = yaml.safe_load(read_text(path, "a format block") if is_file else spec)
     except yaml.YAMLError as exc:
         raise ConfigError(source, "<yaml>", f"valid YAML ({getattr(exc, 'problem', exc)})") from None
     if isinstance(block, dict) and "format" in block and "type" not in block:
