@@ -9,13 +9,16 @@ import yaml
 from evomerge.cli import main
 from evomerge.errors import ConfigError, UserError
 from evomerge.fitness.anchors import ANCHORS
+from evomerge.fitness.bank import load_bank
 from evomerge.fitness.estimators import ESTIMATORS
 from evomerge.fitness.multitask import TaskEstimate, combine
+from evomerge.fitness.search_fitness import BankFitness
 from evomerge.fitness.irt.simulate import simulate_2pl
 from evomerge.fitness.zoo_evaluator import RecipeEvaluator
 from evomerge.recipe.schema import parse_recipe
 from evomerge.search.report import write_report
 from evomerge.search.space import parse_space
+from evomerge.settings import FitnessSettings
 from tests.test_irt_search import records, search
 
 BUDGET = 10
@@ -157,6 +160,20 @@ def test_bank_of_another_task_exits_2_naming_file_and_items(banks, tmp_path, cap
     assert main(["search", "--space", str(space), "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert str(paths["lo"]) in err and "field 'items'" in err and "Traceback" not in err
+
+
+def test_a_task_incumbent_at_the_floor_does_not_verify_every_candidate(banks):
+    """Several tasks verify on the combined mean only: with a task's own incumbent at 0, an estimate
+    (always above 0) used to make every later candidate answer all of that task's items."""
+    _, paths = banks
+    ids = [i.id for i in load_bank(paths["lo"]).items]
+    settings = FitnessSettings(**irt())
+    for verify, answered in ((True, len(ids)), (False, 20)):
+        fit = BankFitness(settings, ids, bank=str(paths["lo"]), verify=verify)
+        fit.incumbent = 0.0
+        scored = fit.evaluate(lambda items: np.zeros(len(items)))
+        assert len(scored.items) == answered and scored.verified == verify
+    assert scored.value > 0  # unverified: the estimate, above the floor
 
 
 # ---- mp-IRT's parents in the search ----------------------------------------------------------

@@ -101,7 +101,7 @@ class CandidateEvaluator(ABC):
                 raise ConfigError(self.space.source, field, f"an item bank for task '{name}' (estimator "
                                   f"'{self.estimator}', one bank per task)")
             self.fitness[name] = BankFitness(settings, task.item_ids, seed=self.space.seed, source=self.space.source,
-                                             bank=banks[name])
+                                             bank=banks[name], verify=len(self.tasks) == 1)
 
     @property
     def needs_source_answers(self) -> bool:

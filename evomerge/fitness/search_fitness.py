@@ -94,13 +94,17 @@ class BankFitness:
     """Estimated accuracy on one task split from a calibrated item bank (see the module docstring)."""
 
     def __init__(self, settings: FitnessSettings, item_ids: Sequence[str], *, seed: int = 0,
-                 source: str = "<space>", bank: str | None = None):
+                 source: str = "<space>", bank: str | None = None, verify: bool = True):
         """``bank``: this task's bank file (default ``settings.bank``, the single-task form); its items
-        must be ``item_ids`` in order (else exit 2 naming the file and ``items``)."""
+        must be ``item_ids`` in order (else exit 2 naming the file and ``items``). ``verify``: a
+        candidate whose estimate beats this task's incumbent answers more items until it no longer
+        does (the single-task form); with several tasks the evaluator verifies on the combined
+        objective instead, since a task's own incumbent is not what the search ranks by (and at a
+        floor of 0 every estimate beats it, so every candidate would answer every item)."""
         bank = bank or settings.bank
         if bank is None:
             raise ConfigError(source, "fitness.bank", f"an item bank for estimator '{settings.estimator}'")
-        self.settings, self.seed, self.n, self.bank_path = settings, seed, len(item_ids), bank
+        self.settings, self.seed, self.n, self.bank_path, self.verify = settings, seed, len(item_ids), bank, verify
         self.bank = load_bank(bank, item_ids)
         self.params: ItemParams = self.bank.params
         if settings.adaptive and settings.estimator not in ADAPTIVE_ESTIMATORS:
@@ -180,7 +184,7 @@ class BankFitness:
             rest = np.setdiff1d(np.arange(self.n), items)
             items = np.concatenate([items, rest])
             correct = np.concatenate([correct, np.asarray(answer(rest), dtype=float)])
-        elif value > self.incumbent:
+        elif self.verify and value > self.incumbent:
             check = adaptive_evaluate(answer, self.params, items, self.incumbent, estimator="pirt", z=s.z,
                                       batch=s.batch, prior=prior, answered=correct, until_below=True,
                                       growth=VERIFY_GROWTH)
