@@ -7,8 +7,8 @@ multiplies the projections that write into the residual stream (``o_proj`` and `
 and biases), so it scales what the slot's layers add to the hidden state. As in mergekit, the
 embeddings come from the first slot's model and the final norm and LM head from the last slot's.
 
-A slot may be given as ``{model, start, length}`` (a search's genes): ``layer_range`` is
-``[start, start + length)``.
+A slot may be given as ``{model, start, length}`` (a search's genes; ``length`` 1 when left out or
+null): ``layer_range`` is ``[start, start + length)``.
 
 A stack is planned as the equivalent mergekit passthrough config (:meth:`StackRecipe.mergekit_config`,
 also written into the output folder as ``mergekit_config.yml``) through
@@ -49,12 +49,14 @@ class Slot(Strict):
     @model_validator(mode="before")
     @classmethod
     def _start_length(cls, data: Any) -> Any:
-        """``{start, length}`` (integers, no ``layer_range``) is ``layer_range: [start, start + length]``."""
-        if isinstance(data, dict) and "layer_range" not in data and all(
-                type(data.get(k)) is int for k in ("start", "length")):  # fmt: skip
-            rest = {k: v for k, v in data.items() if k not in ("start", "length")}
-            return rest | {"layer_range": [data["start"], data["start"] + data["length"]]}
-        return data
+        """``{start, length}`` (integers, no ``layer_range``; ``length`` null or left out: 1) is
+        ``layer_range: [start, start + length]``."""
+        if not isinstance(data, dict) or "layer_range" in data:
+            return data
+        start, length = data.get("start"), 1 if data.get("length") is None else data["length"]
+        if type(start) is not int or type(length) is not int:
+            return data
+        return {k: v for k, v in data.items() if k not in ("start", "length")} | {"layer_range": [start, start + length]}
 
     @field_validator("layer_range")
     @classmethod

@@ -681,7 +681,7 @@ def check_searchable(space: SearchSpace) -> None:
     for genome in sample_genomes(space):
         kind = parse_recipe(decode(space, genome), space.source, "recipe")
         if kind.as_view:
-            kind.check_sources({m: space.sources[m].config() for _, m in kind.model_refs()}, space.source, "recipe")
+            kind.check_sources({m: space.sources[m].config for _, m in kind.model_refs()}, space.source, "recipe")
         elif not kind.in_place:
             raise ConfigError(space.source, "recipe.kind", "a recipe kind built in place or as a view for a search "
                               "over model sources (layerwise, weights without MASS, stack)", kind.kind)
