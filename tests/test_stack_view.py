@@ -96,3 +96,27 @@ def test_a_model_without_decoder_layers_is_refused_by_name():
     bert = BertModel(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64))
     with pytest.raises(UserError, match="model 'enc' \\(BertModel\\) is not a decoder-only causal LM"):
         parse_recipe({"kind": "stack", "slots": [{"model": "enc", "layer_range": [0, 1]}]}).view({"enc": bert})
+
+
+@torch.no_grad()
+def test_a_qwen2_stack_keeps_each_layers_attention_type_and_the_tied_head(tmp_path):
+    """Qwen2 with sliding-window layers (``layer_types``) and tied embeddings: the view, the merged folder
+    (its config's ``layer_types`` those of the stacked layers) and their parameter counts agree."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    paths = {}
+    for i in range(2):
+        torch.manual_seed(i)
+        cfg = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                          num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True,
+                          use_sliding_window=True, sliding_window=3, max_window_layers=2)
+        Qwen2ForCausalLM(cfg).save_pretrained(tmp_path / f"q{i}")
+        paths[f"q{i}"] = tmp_path / f"q{i}"
+    stack = parse_recipe(recipe([("q0", (0, 3), 0.5), ("q1", (1, 4), 1.5)]))
+    (tmp_path / "r.json").write_text(json.dumps(stack.with_models({m: str(p) for m, p in paths.items()}).model_dump(mode="json")))
+    assert main(["merge", str(tmp_path / "r.json"), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    merged, view = load(tmp_path / "out"), stack.view({m: load(p) for m, p in paths.items()})
+    assert view.config.layer_types == merged.config.layer_types == ["full_attention", "full_attention", "sliding_attention",
+                                                                   "full_attention", "sliding_attention", "sliding_attention"]
+    torch.testing.assert_close(view(input_ids=IDS).logits, merged(input_ids=IDS).logits, rtol=0, atol=1e-5)
+    assert held_params(view) == sum(p.numel() for p in merged.parameters())
