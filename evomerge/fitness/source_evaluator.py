@@ -13,8 +13,9 @@ of the split. Nothing is saved or reloaded per candidate. The fitness side (full
 ``params`` is the resident model's parameter count and ``added_params`` 0 (an in-place merge has
 its base's shape); a view's ``params`` are what its materialized model holds
 (:func:`~evomerge.recipe.stack_view.held_params`: a layer stacked twice counts twice) and its
-``added_params`` those over its first model's (the tokenizer's too). ``latency_ms`` is measured only when an objective or a constraint reads it: the
-wall time of scoring the first task's first batch (``resources.batch_size`` items), once more.
+``added_params`` those over its first model's, whose tokenizer scores it. ``latency_ms`` is measured
+only when an objective or a constraint reads it: the wall time of scoring the first task's first
+batch (``resources.batch_size`` items), once more.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class ItemTask:
 
 
 class SourceEvaluator(CandidateEvaluator):
-    """Scores in-place recipes over the space's model sources on its item-file tasks (a space that
+    """Scores in-place and view recipes over the space's model sources on its item-file tasks (a space that
     :func:`~evomerge.search.space.check_recipes` accepted: every model a source, every task an item file)."""
 
     def __init__(self, space: SearchSpace, split: str = "val", estimator: str | None = None, device: str = "cpu"):
@@ -74,7 +75,7 @@ class SourceEvaluator(CandidateEvaluator):
         self._params: dict[str, int] = {}  # each resident model's parameter count
         self._residents: dict[str, nn.Module] = {}  # the sources views read, each loaded once, never written
         self._tokenizers: dict[str, Any] = {}
-        self._tokenizer: Any = None  # the tokenizer of the candidate being scored (its base's)
+        self._tokenizer: Any = None  # the tokenizer of the candidate being scored (its first model's)
         self._timed = any(o.metric == "latency_ms" for o in space.objectives) or space.constraints.max_latency_ms is not None
         if self.needs_source_answers:
             self._set_source_answers(self._source_answers())
