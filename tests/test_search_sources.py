@@ -1,7 +1,7 @@
 """End to end over Hugging Face folders: search a layer-wise merge of two fine-tunes on item files,
 export the winner, load it with transformers alone in a fresh process, and get the per-item answers
 the search recorded, exactly. A causal-LM pair (multiple choice + generation) and an encoder
-classifier pair (text classification)."""
+classifier pair (text classification); and a layer stack over the causal-LM pair (built as views)."""
 
 from __future__ import annotations
 
@@ -38,12 +38,12 @@ print(json.dumps(out))
 """
 
 
-def write_space(root: Path, models: list[str], tasks: list[dict]) -> Path:
+def write_space(root: Path, models: list[str], tasks: list[dict], **fields) -> Path:
     """The worked example's space (layer-wise TIES with an array gene of densities, or TSV-M) over
-    ``base`` and ``models`` on ``tasks``, at a budget of 6."""
+    ``base`` and ``models`` on ``tasks``, at a budget of 6; ``fields`` replace the space's (a recipe and its genes)."""
     space = {**SPACE, "name": root.name, "models": [{"name": m, "source": "hf", "path": m} for m in ["base", *models]],
              "tasks": tasks, "recipe": {**SPACE["recipe"], "models": models},
-             "engine": {"name": "optuna_tpe", "population": 4}, "budget": {"evaluations": 6}}
+             "engine": {"name": "optuna_tpe", "population": 4}, "budget": {"evaluations": 6}, **fields}
     path = root / "space.yaml"
     path.write_text(yaml.safe_dump(space, sort_keys=False))
     return path
@@ -54,9 +54,9 @@ def recorded_answers(run: Path, candidate: str) -> dict[str, list[int]]:
     return {r["task"]: [int(c) for c in r["correct"]] for r in rows if r["id"] == candidate and r["split"] == "val"}
 
 
-def search_export_reload(root: Path, models: list[str], tasks: list[dict], auto: str) -> tuple[dict, dict, dict]:
+def search_export_reload(root: Path, models: list[str], tasks: list[dict], auto: str, **fields) -> tuple[dict, dict, dict]:
     """``evomerge search`` then ``evomerge export`` (in this process), then the export re-scored in a fresh one."""
-    space, run, out = write_space(root, models, tasks), root / "run", root / "export"
+    space, run, out = write_space(root, models, tasks, **fields), root / "run", root / "export"
     assert main(["search", "--space", str(space), "--run-dir", str(run), "--no-progress"]) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["evaluations"] == 6 and summary["failed"] == 0
@@ -93,3 +93,42 @@ def test_encoder_classifier_pair_search_export_reload_gives_the_recorded_answers
                                                  "AutoModelForSequenceClassification")
     assert set(recorded) == {"cls"} and len(recorded["cls"]) == 16
     assert reloaded == recorded
+
+
+#: Three one-layer slots over the pair and their base (2 layers each), each slot's model, layer and scale searched.
+STACK = {"recipe": {"kind": "stack", "slots": [{"model": {"gene": f"model{i}"}, "start": {"gene": f"start{i}"}, "length": 1,
+                                                "scale": {"gene": f"scale{i}"}} for i in range(3)]},
+         "genes": [g for i in range(3) for g in ({"name": f"model{i}", "type": "categorical", "choices": ["base", "up", "down"]},
+                                                 {"name": f"start{i}", "type": "int", "low": 0, "high": 1},
+                                                 {"name": f"scale{i}", "type": "float", "low": 0.5, "high": 1.5})],
+         "objectives": [{"name": "acc", "metric": "accuracy", "direction": "max"},
+                        {"name": "added_params", "metric": "added_params", "direction": "min"}]}
+
+
+def linked(lm_root: Path, root: Path) -> Path:
+    """``root`` holding links to the pair's models and item files (a space and run of its own)."""
+    root.mkdir()
+    for name in ("base", "up", "down", "mc.jsonl", "gen.jsonl"):
+        (root / name).symlink_to(lm_root / name)
+    return root
+
+
+def test_a_layer_stack_searched_over_views_exports_a_model_with_the_recorded_answers(lm_root, tmp_path):
+    """Every candidate a view over the three resident sources; the export (mergekit passthrough) answers alike."""
+    root = linked(lm_root, tmp_path / "stack")
+    reloaded, recorded, best = search_export_reload(root, ["up", "down"], LM_TASKS, "AutoModelForCausalLM", **STACK)
+    assert best["recipe"]["kind"] == "stack" and len(best["recipe"]["slots"]) == 3
+    assert reloaded == recorded and all(len(v) == 12 for v in recorded.values())
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    exported = sum(t.numel() for f in (root / "export").glob("*.safetensors") for t in load_file(f).values())
+    assert AutoConfig.from_pretrained(root / "export").num_hidden_layers == 3 and best["test_metrics"]["params"] == exported
+
+
+def test_a_stack_whose_ranges_overrun_a_source_exits_2_naming_the_field(lm_root, tmp_path, capsys):
+    slots = [{"model": "up", "start": {"gene": "start"}, "length": 2}]
+    space = write_space(linked(lm_root, tmp_path / "stack"), ["up", "down"], LM_TASKS,
+                        recipe={"kind": "stack", "slots": slots}, genes=[{"name": "start", "type": "int", "low": 0, "high": 1}])
+    assert main(["search", "--space", str(space), "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 2
+    assert "recipe.slots[0].layer_range': expected a range within the 2 layers of 'up'" in capsys.readouterr().err

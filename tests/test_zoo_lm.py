@@ -104,6 +104,26 @@ def test_the_shipped_lm_space_names_the_built_family_through_the_lm_variable(tin
     assert err.value.field == "models[0].path" and "zoo build --family lm --seed 7" in str(err.value)
 
 
+LM_STACK = LM_SPACE.with_name("lm_stack.yaml")
+
+
+def test_the_shipped_stack_space_is_checked_against_the_familys_layers(tiny_lm, tmp_path, monkeypatch):
+    """lm_stack.yaml's ranges reach layer 3 of the 4-layer family: on the 2-layer tiny family the search
+    stops before any budget naming the field; with its layer genes cut to 2 layers it is searchable."""
+    from evomerge.search.space import check_searchable, load_space
+
+    monkeypatch.setenv("EVOMERGE_CACHE", str(tiny_lm.root.parent.parent))
+    monkeypatch.setattr(catalog, "DEFAULT_SPEC", tiny_family())
+    space = load_space(LM_STACK)
+    assert {s.path for s in space.sources.values()} == {tiny_lm.model_dir(i) for i in tiny_lm.ids()}
+    assert [o.key for o in space.objectives] == ["accuracy/mean", "added_params"]
+    with pytest.raises(ConfigError, match=r"within the 2 layers of"):
+        check_searchable(space)
+    cut = tmp_path / "lm_stack.yaml"
+    cut.write_text(LM_STACK.read_text().replace("high: 3}", "high: 1}").replace(": [0, 1, 2]}", ": [0]}"))
+    check_searchable(load_space(cut))  # every model an hf source, every task an item file, the stack a view
+
+
 def test_zoo_list_json_rows_of_the_family(tiny_lm, monkeypatch, capsys):
     from evomerge.cli import main
 

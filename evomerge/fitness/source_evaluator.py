@@ -1,15 +1,21 @@
 """The worker-side evaluator of recipes over model sources (Hugging Face folders...) on item files.
 
-Built once per worker. Each recipe's ``base`` is loaded once into a resident model (one per base
-the search names) and every candidate is written into it in place
+Built once per worker. An in-place recipe's ``base`` is loaded once into a resident model (one per
+base the search names) and every candidate is written into it in place
 (:class:`~evomerge.recipe.inplace.InPlaceBuilder`: task vectors and a method's per-task factors
-cached), then scored by the tasks' scorers (:mod:`evomerge.items.scorers`) on the chosen items
+cached); a recipe built as a view (:attr:`~evomerge.recipe.kind.RecipeKind.as_view`: ``stack``) reads
+every source it names from a resident model of its own, loaded once and never written, and each
+candidate is a new module over their modules (:meth:`~evomerge.recipe.kind.RecipeKind.view`). Each
+candidate is then scored by the tasks' scorers (:mod:`evomerge.items.scorers`) on the chosen items
 of the split. Nothing is saved or reloaded per candidate. The fitness side (full or IRT) is
 :class:`~evomerge.fitness.evaluator.CandidateEvaluator`'s.
 
 ``params`` is the resident model's parameter count and ``added_params`` 0 (an in-place merge has
-its base's shape). ``latency_ms`` is measured only when an objective or a constraint reads it: the
-wall time of scoring the first task's first batch (``resources.batch_size`` items), once more.
+its base's shape); a view's ``params`` are what its materialized model holds
+(:func:`~evomerge.recipe.stack_view.held_params`: a layer stacked twice counts twice) and its
+``added_params`` those over its first model's, whose tokenizer scores it. ``latency_ms`` is measured
+only when an objective or a constraint reads it: the wall time of scoring the first task's first
+batch (``resources.batch_size`` items), once more.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from evomerge.items import ItemSet, Scorer, make_scorer
 from evomerge.recipe.inplace import InPlaceBuilder
 from evomerge.recipe.materialize import Materialized
 from evomerge.recipe.schema import parse_recipe
+from evomerge.recipe.stack_view import held_params
 
 if TYPE_CHECKING:
     from evomerge.search.space import SearchSpace  # read only (duck-typed): the search layer sits above
@@ -49,7 +56,7 @@ class ItemTask:
 
 
 class SourceEvaluator(CandidateEvaluator):
-    """Scores in-place recipes over the space's model sources on its item-file tasks (a space that
+    """Scores in-place and view recipes over the space's model sources on its item-file tasks (a space that
     :func:`~evomerge.search.space.check_recipes` accepted: every model a source, every task an item file)."""
 
     def __init__(self, space: SearchSpace, split: str = "val", estimator: str | None = None, device: str = "cpu"):
@@ -66,8 +73,9 @@ class SourceEvaluator(CandidateEvaluator):
         self._init_fitness()  # the banks are checked before any model is loaded
         self._builders: dict[str, InPlaceBuilder] = {}
         self._params: dict[str, int] = {}  # each resident model's parameter count
+        self._residents: dict[str, nn.Module] = {}  # the sources views read, each loaded once, never written
         self._tokenizers: dict[str, Any] = {}
-        self._tokenizer: Any = None  # the tokenizer of the candidate being scored (its base's)
+        self._tokenizer: Any = None  # the tokenizer of the candidate being scored (its first model's)
         self._timed = any(o.metric == "latency_ms" for o in space.objectives) or space.constraints.max_latency_ms is not None
         if self.needs_source_answers:
             self._set_source_answers(self._source_answers())
@@ -100,12 +108,23 @@ class SourceEvaluator(CandidateEvaluator):
             self._params[base] = sum(p.numel() for p in self._builders[base].module.parameters())  # fixed: in place
         return self._builders[base]
 
+    def resident(self, model: str) -> nn.Module:
+        """Source ``model`` loaded once, for views (:meth:`build`), with its parameter count."""
+        if model not in self._residents:
+            self._residents[model] = self.sources[model].load_model(self.device)
+            self._params[model] = held_params(self._residents[model])
+        return self._residents[model]
+
     def build(self, recipe: dict[str, Any]) -> Materialized:
         kind = parse_recipe(recipe, self.space.source, "recipe")
-        base = kind.model_refs()[0][1]
-        module = self.builder(base).build(kind)
-        self._tokenizer = self.tokenizer(base)
-        return Materialized(module, self._params[base], 0, list(self.tasks))
+        first = kind.model_refs()[0][1]
+        self._tokenizer = self.tokenizer(first)
+        if kind.as_view:
+            module = kind.view({m: self.resident(m) for _, m in kind.model_refs()})
+            params = held_params(module)
+            return Materialized(module, params, params - self._params[first], list(self.tasks))
+        module = self.builder(first).build(kind)
+        return Materialized(module, self._params[first], 0, list(self.tasks))
 
     def answerer(self, model: nn.Module, name: str) -> Answer:
         task, tokenizer = self.tasks[name], self._tokenizer

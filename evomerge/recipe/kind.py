@@ -4,7 +4,9 @@ A kind is its pydantic record (the fields a recipe of that kind holds) with the 
 answers: :meth:`RecipeKind.model_refs` (the models it reads), :meth:`RecipeKind.build` (a merged
 module from zoo sources), :meth:`RecipeKind.plan` (a streamed merge into a Hugging Face folder),
 :meth:`RecipeKind.with_models` (its models renamed, e.g. to folders), :meth:`RecipeKind.mergekit_config`
-(the equivalent mergekit config, where there is one) and :attr:`RecipeKind.in_place` (whether a worker can write its candidates into one resident model).
+(the equivalent mergekit config, where there is one), and how a worker builds its candidates over
+resident Hugging Face sources: :attr:`RecipeKind.in_place` (written into one resident model of its base)
+or :attr:`RecipeKind.as_view` (:meth:`RecipeKind.view`: a module over the resident source models' modules).
 A kind that cannot be built one way says so with a :class:`UserError`. The kinds themselves live
 in :mod:`evomerge.recipe.schema` (``stitch``, ``weights``), :mod:`evomerge.recipe.layerwise` and
 :mod:`evomerge.recipe.stack`; :func:`evomerge.recipe.schema.parse_recipe` validates through this registry.
@@ -26,6 +28,7 @@ from evomerge.settings import Seed
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
     from evomerge.core.merge import MergeParams
     from evomerge.core.probe import ActivationCache
@@ -66,6 +69,9 @@ class RecipeKind(Strict):
     seed: Seed = 0
     #: Merges its models tensor by tensor, so their sources must hold the same tensors (checked at load).
     tensorwise: ClassVar[bool] = False
+    #: A worker builds its candidates as views over its resident source models (:meth:`view`), each
+    #: source loaded once; its sources' configs are checked before a search by :meth:`check_sources`.
+    as_view: ClassVar[bool] = False
 
     @property
     def in_place(self) -> bool:
@@ -78,6 +84,16 @@ class RecipeKind(Strict):
         """An in-place recipe's parameters per tensor name (None: the tensor keeps the base), for a
         model of ``layers`` repeated layers."""
         raise UserError(f"recipe kind '{self.kind}' is not built in place")
+
+    def view(self, models: Mapping[str, nn.Module]) -> nn.Module:
+        """The candidate as a module over ``models`` (every model of :meth:`model_refs`, by name, loaded
+        once and left unchanged), sharing their weights: for a kind that is :attr:`as_view`."""
+        raise UserError(f"recipe kind '{self.kind}' is not built as a view over resident models")
+
+    def check_sources(self, configs: Mapping[str, Mapping[str, Any]], source: str, prefix: str = "") -> None:
+        """Whether the models whose Hugging Face configs are ``configs`` (by the recipe's names) can be
+        viewed; a ConfigError names ``source`` and the field under ``prefix``."""
+        raise UserError(f"recipe kind '{self.kind}' is not built as a view over resident models")
 
     @abstractmethod
     def model_refs(self) -> list[tuple[str, str]]:

@@ -414,6 +414,9 @@ def plan_mergekit(
     before it. Tensors outside the repeated blocks are taken from the first slice's sources when
     their name holds ``embed`` (mergekit's "pre" weights), else from the last slice's (norm, LM head),
     at ``t = 0``. Parameters resolve from the source's entry, then the slice's, then the top level.
+    With slices the output config's ``num_hidden_layers`` is their layers' count, and its ``layer_types``
+    (where the models' configs have them: Qwen2's sliding-window layers...) each output layer's
+    source's entry, so that transformers loads the folder.
     """
     spec = MERGEKIT_SPECS[cfg.merge_method]
     refs = cfg.referenced_models()
@@ -425,12 +428,15 @@ def plan_mergekit(
     jobs: list[TensorJob] = []
     out_layer = 0
     prefix = None
+    layer_types = []  # each output layer's entry of its slice's first model's ``layer_types`` (Qwen2, Mistral...)
     for si, sl in enumerate(slices):
         base = sl.base_model or cfg.base_model
         _check_slice(cfg, spec, sl, si, base, layouts, index, source)
         n = sl.sources[0].layer_range[1] - sl.sources[0].layer_range[0]
         first = layouts[index[sl.sources[0].model]]
         prefix = prefix or first.prefix
+        types = sources[index[sl.sources[0].model]].config().get("layer_types")
+        layer_types += types[sl.sources[0].layer_range[0]:sl.sources[0].layer_range[1]] if types else [None] * n
         for k in range(n):
             t = k / (n - 1) if n > 1 else 1.0
             for suffix in first.layers.get(sl.sources[0].layer_range[0] + k, []):
@@ -466,6 +472,8 @@ def plan_mergekit(
     updates: dict[str, Any] = {}
     if cfg.slices:
         updates["num_hidden_layers"] = out_layer
+        if None not in layer_types:
+            updates["layer_types"] = layer_types
     if keep is not None:
         updates["vocab_size"] = sources[keep].config().get("vocab_size")
     extra = {"mergekit_config.yml": config_text} if config_text else {}

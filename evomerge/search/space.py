@@ -663,7 +663,8 @@ def check_recipes(space: SearchSpace) -> None:
 def check_searchable(space: SearchSpace) -> None:
     """What the search's evaluators take, checked before any budget is spent: zoo ids on built-in
     tasks, or else a space over model sources (:class:`~evomerge.fitness.source_evaluator.SourceEvaluator`):
-    every model a source entry, every task an item file, every recipe of a kind built in place."""
+    every model a source entry, every task an item file, every recipe of a kind built in place, or as a
+    view over sources whose configs it accepts (every sampled genome's: e.g. a stack's layer ranges)."""
     check_recipes(space)
     if space.builtin_only:
         return
@@ -679,9 +680,11 @@ def check_searchable(space: SearchSpace) -> None:
         check_banks_match_items(space)
     for genome in sample_genomes(space):
         kind = parse_recipe(decode(space, genome), space.source, "recipe")
-        if not kind.in_place:
-            raise ConfigError(space.source, "recipe.kind", "a recipe kind built in place for a search over "
-                              "model sources (layerwise, or weights without MASS)", kind.kind)
+        if kind.as_view:
+            kind.check_sources({m: space.sources[m].config for _, m in kind.model_refs()}, space.source, "recipe")
+        elif not kind.in_place:
+            raise ConfigError(space.source, "recipe.kind", "a recipe kind built in place or as a view for a search "
+                              "over model sources (layerwise, weights without MASS, stack)", kind.kind)
 
 
 def check_banks_match_items(space: SearchSpace) -> None:
