@@ -61,10 +61,10 @@ def val_scorer(files: list[Any], seed: int, n: int) -> Any:
     for f in files:
         val = load_items(f.path, f.format, seed=seed, name=f.skill).split("val")
         sets.append((val.subset(list(val.ids)[:n]), f.metric))
-    scorers = [make_scorer(items) for items, _ in sets]
+    scorers, tokenizer = [make_scorer(items) for items, _ in sets], char_tokenizer()
 
     def score(model: Any) -> float:
-        return statistics.fmean(float(sc.score(model, items, tokenizer=char_tokenizer(), batch_size=128).correct[metric].mean())
+        return statistics.fmean(float(sc.score(model, items, tokenizer=tokenizer, batch_size=128).correct[metric].mean())
                                 for sc, (items, metric) in zip(scorers, sets))
 
     return score

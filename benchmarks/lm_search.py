@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from search import Scorer, fmt, mean, search_row  # noqa: E402  (benchmarks/search.py)
 
 from evomerge.commands.search import known_models  # noqa: E402
+from evomerge.search.run_folder import RunFolder  # noqa: E402
 from evomerge.search.space import SearchSpace, decode, load_space, with_overrides  # noqa: E402
 from evomerge.zoo.lm.catalog import LMZoo  # noqa: E402
 from evomerge.zoo.lm.family import model_id  # noqa: E402
@@ -143,10 +144,11 @@ def main() -> None:
     print(f"[{time.perf_counter() - start:6.0f}s] hand recipes done", flush=True)
     for engine in args.engines:
         for seed in range(args.seeds):
-            row = search_row(space, scorer, engine, seed, args.budget, WORK / f"{engine}-{seed}")
+            run = WORK / f"{engine}-{seed}"
+            row = search_row(space, scorer, engine, seed, args.budget, run)
+            recipes = {r["id"]: r["recipe"] for r in RunFolder(run).read_evaluations()}  # read once per run
             for c in row["curve"]:
-                c["normalized"] = c["id"] and lm.normalized(scorer.test(next(
-                    r["recipe"] for r in _records(WORK / f"{engine}-{seed}") if r["id"] == c["id"])))
+                c["normalized"] = c["id"] and lm.normalized(scorer.test(recipes[c["id"]]))
             rows.append(row)
             print(f"[{time.perf_counter() - start:6.0f}s] {engine} seed {seed}: test {row['curve'][-1]['test_accuracy']:.4f} "
                   f"normalized {row['curve'][-1]['normalized']:.4f}", flush=True)
@@ -156,12 +158,6 @@ def main() -> None:
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps({"benchmark": "lm_search", "command": command, "rows": rows, "summary": summary}, indent=1) + "\n")
     print(f"\nsummary: {json.dumps(summary, indent=1)}\nwrote {OUT.relative_to(ROOT)} in {summary['wall_s']:.0f}s")
-
-
-def _records(run_dir: Path) -> list[dict]:
-    from evomerge.search.run_folder import RunFolder
-
-    return RunFolder(run_dir).read_evaluations()
 
 
 def summarize(rows: list[Row], args: argparse.Namespace) -> dict[str, Any]:
