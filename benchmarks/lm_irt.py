@@ -131,25 +131,18 @@ def train_past(job: dict[str, Any], zoo: Any, out: Path) -> None:
     other data and batches than the family's own), or on a pair of skills by the same data path."""
     from transformers import LlamaForCausalLM
 
-    from evomerge.zoo.lm.family import BASE, train_member
-    from evomerge.zoo.lm.skills import generate, training_text
-    from evomerge.zoo.lm.tokenizer import char_tokenizer
-    from evomerge.zoo.lm.train import encode_pairs, train_lm
+    from evomerge.zoo.lm.family import BASE, interleaved, train_and_save, train_member
 
     base_dir = zoo.model_dir("lm-base")
     if "member" in job:
         spec = zoo.spec.model_copy(update={k: v * zoo.spec.ft_lr if k == "ft_lr" else v for k, v in job["updates"].items()})
         train_member(spec, job["member"], zoo.seed + 1, out, None if job["member"] == BASE else base_dir)
         return
-    spec, tok = zoo.spec, char_tokenizer()
+    spec = zoo.spec
     model = LlamaForCausalLM.from_pretrained(str(base_dir), local_files_only=True)
-    streams = [generate(s, spec.train_items, zoo.seed + 1, "train") for s in job["skills"]]
-    pairs = [training_text(item) for row in zip(*streams) for item in row]  # interleaved, as the base's mixture
-    train_lm(model, encode_pairs(tok, pairs), steps=job["steps"], lr=spec.ft_lr * LOW_LR,
-             batch_size=spec.batch_size, seed=1000 * (zoo.seed + 1) + sum(spec.skills.index(s) + 1 for s in job["skills"]) * 7,
-             pad_id=tok.pad_token_id)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    train_and_save(model, interleaved(job["skills"], spec.train_items, zoo.seed + 1), out, steps=job["steps"],
+                   lr=spec.ft_lr * LOW_LR, batch_size=spec.batch_size,
+                   seed=1000 * (zoo.seed + 1) + sum(spec.skills.index(s) + 1 for s in job["skills"]) * 7)
 
 
 def past_model(job: dict[str, Any], space_path: str, folder: str) -> dict[str, Any]:

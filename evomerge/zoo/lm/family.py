@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import torch
@@ -88,6 +89,24 @@ def new_model(spec: LMFamilySpec, seed: int) -> Any:
     return LlamaForCausalLM(cfg)
 
 
+def interleaved(skills: Sequence[str], n: int, seed: int) -> list[tuple[str, str]]:
+    """``n`` training items of each skill as (prompt, answer), interleaved skill by skill (a prefix holds every skill)."""
+    return [training_text(item) for row in zip(*(generate(s, n, seed, "train") for s in skills)) for item in row]
+
+
+def train_and_save(model: Any, pairs: Sequence[tuple[str, str]], out: Path, *, steps: int, lr: float,
+                   batch_size: int, seed: int) -> float:
+    """Train ``model`` on (prompt, answer) ``pairs`` (:func:`~evomerge.zoo.lm.train.train_lm`) and save it
+    with the character tokenizer as a Hugging Face folder ``out``; returns the training seconds."""
+    tok = char_tokenizer()
+    start = time.perf_counter()
+    train_lm(model, encode_pairs(tok, pairs), steps=steps, lr=lr, batch_size=batch_size, seed=seed, pad_id=tok.pad_token_id)
+    seconds = time.perf_counter() - start
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return seconds
+
+
 def train_member(spec: LMFamilySpec, member: str, seed: int, out: Path, base_dir: Path | None) -> float:
     """Train ``member`` (the base, or a skill's fine-tune of the model in ``base_dir``) and save it with
     the tokenizer as a Hugging Face folder ``out``; returns the training seconds.
@@ -98,20 +117,12 @@ def train_member(spec: LMFamilySpec, member: str, seed: int, out: Path, base_dir
     """
     from transformers import LlamaForCausalLM
 
-    tok = char_tokenizer()
-    mixture = [training_text(item) for row in zip(*(generate(s, spec.train_items, seed, "train") for s in SKILLS))
-               for item in row]  # interleaved: skill by skill, so a prefix holds every skill
+    mixture = interleaved(list(SKILLS), spec.train_items, seed)
     if member == BASE:
         model, pairs, steps, lr, train_seed = new_model(spec, 1000 * seed), mixture, spec.base_steps, spec.lr, 1000 * seed
     else:
         model = LlamaForCausalLM.from_pretrained(str(base_dir), local_files_only=True)
-        own = [training_text(item) for item in generate(member, spec.train_items, seed, "train")]
+        own = interleaved([member], spec.train_items, seed)
         pairs = own + mixture[: round(len(own) * spec.replay / (1 - spec.replay))]
         steps, lr, train_seed = spec.ft_steps, spec.ft_lr, 1000 * seed + spec.skills.index(member) + 1
-    start = time.perf_counter()
-    train_lm(model, encode_pairs(tok, pairs), steps=steps, lr=lr, batch_size=spec.batch_size, seed=train_seed,
-             pad_id=tok.pad_token_id)
-    seconds = time.perf_counter() - start
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return seconds
+    return train_and_save(model, pairs, out, steps=steps, lr=lr, batch_size=spec.batch_size, seed=train_seed)
