@@ -22,7 +22,7 @@ from evomerge.zoo.lm.skills import SKILLS, generate, training_text
 def tiny_lm(tmp_path_factory):
     zoo = LMZoo(seed=0, cache_dir_=tmp_path_factory.mktemp("lmcache"), spec=tiny_family())
     trained = zoo.build(workers=1)
-    assert set(trained) == set(zoo.ids()) == {"lm-base", "lm-reverse", "lm-sort", "lm-count", "lm-compare"}
+    assert set(trained) == set(zoo.ids()) == {"lm-base", "lm-reverse", "lm-sort", "lm-count", "lm-compare", "lm-gpt2"}
     return zoo
 
 
@@ -37,31 +37,40 @@ def test_models_are_hugging_face_folders_with_the_character_tokenizer(tiny_lm):
     model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
     assert type(model).__name__ == "LlamaForCausalLM"
     assert tiny_lm.record("lm-reverse")["params"] == sum(p.numel() for p in model.parameters())
+    other = AutoModelForCausalLM.from_pretrained(tiny_lm.model_dir("lm-gpt2"), local_files_only=True)
+    assert type(other).__name__ == "GPT2LMHeadModel" and other.config.vocab_size == model.config.vocab_size
+    assert AutoTokenizer.from_pretrained(tiny_lm.model_dir("lm-gpt2")).get_vocab() == tok.get_vocab()  # one tokenizer
 
 
 def test_item_files_hold_disjoint_val_and_test_items_in_the_public_format(tiny_lm):
-    n = tiny_family().held_out
-    for skill in tiny_lm.spec.skills:
+    n, fit = tiny_family().held_out, tiny_family().fit_items
+    assert tiny_lm.spec.all_skills() == ("reverse", "sort", "count", "compare", "add", "upper", "parity")
+    for skill in tiny_lm.spec.all_skills():
         files = tiny_lm.items(skill)
         items = load_items(files.path, parse_format(*format_block(str(files.format_file))), seed=0)
         assert items.kind == SKILLS[skill].type
         val, test = items.split("val"), items.split("test")
-        assert len(val) == len(test) == n
-        prompts = [training_text(i.doc)[0] for i in items]
+        assert len(val) == len(test) == n and len(items.split("train")) == fit
+        prompts = [training_text(i.doc)[0] for i in [*val, *test]]
         assert len(set(prompts)) == 2 * n  # distinct, so val and test are disjoint
-        train = {training_text(i)[0] for i in generate(skill, 400, 0, "train")}
-        assert not train & set(prompts)  # never trained on
+        train = [training_text(i)[0] for i in generate(skill, 400, 0, "train")]
+        assert not set(train) & set(prompts)  # never trained on
+        assert [training_text(i.doc)[0] for i in items.split("train")] == train[:fit]  # the first training items
 
 
 def test_records_score_every_model_on_every_skill(tiny_lm):
     for mid in tiny_lm.ids():
         rec = tiny_lm.record(mid)
-        assert rec["dataset"] == "lm" and rec["architecture"] == "LlamaForCausalLM" and rec["family"] == "lm"
-        assert set(rec["skills"]) == {"reverse", "sort", "count", "compare"}
+        arch = "GPT2LMHeadModel" if mid == "lm-gpt2" else "LlamaForCausalLM"
+        assert rec["dataset"] == "lm" and rec["architecture"] == arch and rec["family"] == "lm"
+        assert set(rec["skills"]) == {"reverse", "sort", "count", "compare", "add", "upper", "parity"}
         assert all(0.0 <= v[s] <= 1.0 for v in rec["skills"].values() for s in ("val", "test"))
     base, ft = tiny_lm.record("lm-base"), tiny_lm.record("lm-compare")
     assert ft["condition"] == "compare" and ft["test_accuracy"] == ft["skills"]["compare"]["test"]
-    assert base["test_accuracy"] == pytest.approx(sum(v["test"] for v in base["skills"].values()) / 4, abs=1e-4)
+    assert base["test_accuracy"] == pytest.approx(sum(base["skills"][s]["test"] for s in tiny_lm.spec.skills) / 4, abs=1e-4)
+    gpt2 = tiny_lm.record("lm-gpt2")
+    assert gpt2["condition"] == "add+upper+parity" and gpt2["base"] is None
+    assert gpt2["test_accuracy"] == pytest.approx(sum(gpt2["skills"][s]["test"] for s in ("add", "upper", "parity")) / 3, abs=1e-4)
     # 20 steps on the rule task lift it well above the base (about 0.45 -> 0.8 on 60 items)
     assert ft["skills"]["compare"]["test"] >= base["skills"]["compare"]["test"] + 0.15
 
@@ -94,7 +103,7 @@ def test_the_shipped_lm_space_names_the_built_family_through_the_lm_variable(tin
     monkeypatch.setattr(catalog, "DEFAULT_SPEC", tiny_family())
     space = load_space(LM_SPACE)
     check_searchable(space)  # every model an hf source, every task an item file, layerwise built in place
-    assert {s.path for s in space.sources.values()} == {tiny_lm.model_dir(i) for i in tiny_lm.ids()}
+    assert {s.path for s in space.sources.values()} == {tiny_lm.model_dir(i) for i in tiny_lm.ids() if i != "lm-gpt2"}
     assert [t.name for t in space.tasks] == list(tiny_family().skills)
     assert len(space.tasks[0].item_set.split("val")) == tiny_family().held_out
     other = tmp_path / "lm_skills.yaml"  # no family built for seed 7
@@ -115,7 +124,7 @@ def test_the_shipped_stack_space_is_checked_against_the_familys_layers(tiny_lm, 
     monkeypatch.setenv("EVOMERGE_CACHE", str(tiny_lm.root.parent.parent))
     monkeypatch.setattr(catalog, "DEFAULT_SPEC", tiny_family())
     space = load_space(LM_STACK)
-    assert {s.path for s in space.sources.values()} == {tiny_lm.model_dir(i) for i in tiny_lm.ids()}
+    assert {s.path for s in space.sources.values()} == {tiny_lm.model_dir(i) for i in tiny_lm.ids() if i != "lm-gpt2"}
     assert [o.key for o in space.objectives] == ["accuracy/mean", "added_params"]
     with pytest.raises(ConfigError, match=r"within the 2 layers of"):
         check_searchable(space)
@@ -131,13 +140,14 @@ def test_zoo_list_json_rows_of_the_family(tiny_lm, monkeypatch, capsys):
     monkeypatch.setattr(catalog, "DEFAULT_SPEC", tiny_family())
     assert main(["zoo", "list", "--family", "lm", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["id"] for r in rows] == ["lm-base", "lm-reverse", "lm-sort", "lm-count", "lm-compare"]
+    assert [r["id"] for r in rows] == ["lm-base", "lm-reverse", "lm-sort", "lm-count", "lm-compare", "lm-gpt2"]
+    assert rows[5]["architecture"] == "GPT2LMHeadModel"
     assert {k for r in rows for k in r} >= {"id", "architecture", "dataset", "condition", "params",
                                              "val_accuracy", "test_accuracy", "skills", "built"}
     assert rows[4]["test_accuracy"] == tiny_lm.record("lm-compare")["test_accuracy"]
     assert main(["zoo", "list", "--family", "lm"]) == 0  # the table: a test-accuracy column per skill
     table = capsys.readouterr().out
-    assert "test compare" in table and f"{tiny_lm.record('lm-compare')['test_accuracy']:.3f}" in table
+    assert "skill columns: test accuracy" in table and "parity" in table and f"{tiny_lm.record('lm-compare')['test_accuracy']:.3f}" in table
     monkeypatch.setattr(catalog, "DEFAULT_SPEC", tiny_family().model_copy(update={"ft_steps": 5}))
     assert main(["zoo", "list", "--family", "lm", "--json"]) == 0
     assert not any(r["built"] for r in json.loads(capsys.readouterr().out))

@@ -59,7 +59,7 @@ def run_lm(zoo: LMZoo, args: argparse.Namespace) -> int:
 
         raise UserError(f"the LM family's dataset is 'lm', not '{args.dataset}'")
     rows = [lm_row(zoo, i) for i in zoo.ids()]
-    return print_rows(rows, f"evomerge LM family (seed {zoo.seed}, {zoo.root})", args.json, zoo.spec.skills)
+    return print_rows(rows, f"evomerge LM family (seed {zoo.seed}, {zoo.root})", args.json, zoo.spec.all_skills())
 
 
 def lm_row(zoo: LMZoo, model_id: str) -> dict[str, Any]:
@@ -67,9 +67,9 @@ def lm_row(zoo: LMZoo, model_id: str) -> dict[str, Any]:
     if zoo.is_built(model_id):
         rec = zoo.record(model_id)
         return {k: rec[k] for k in COLUMNS[:-1]} | {"skills": rec["skills"], "built": True}
-    skill = model_id.removeprefix("lm-")
-    return {"id": model_id, "architecture": "LlamaForCausalLM", "dataset": "lm",
-            "condition": "mixture" if skill == "base" else skill, "family": "lm", "params": None,
+    member = model_id.removeprefix("lm-")
+    return {"id": model_id, "architecture": zoo.spec.architecture(member), "dataset": "lm",
+            "condition": zoo.spec.condition(member), "family": "lm", "params": None,
             "val_accuracy": None, "test_accuracy": None, "skills": None, "built": False}
 
 
@@ -109,7 +109,8 @@ def list_models(zoo: Zoo, args: argparse.Namespace) -> int:
 
 def print_rows(rows: list[dict[str, Any]], title: str, as_json: bool, skills: tuple[str, ...] = ()) -> int:
     """The rows as JSON, or as a table of :data:`COLUMNS` (models not built dimmed), plus a test-accuracy
-    column per skill of ``skills`` (read from each row's ``skills``)."""
+    column per skill of ``skills`` (read from each row's ``skills``; then ``dataset`` and ``family``, one
+    value for a whole family, are left out of the table)."""
     from evomerge.console import log, stdout
 
     if as_json:
@@ -118,13 +119,14 @@ def print_rows(rows: list[dict[str, Any]], title: str, as_json: bool, skills: tu
     from rich.table import Table
 
     missing = sum(not r["built"] for r in rows)
-    table = Table(title=title)
-    for k in COLUMNS[:-1]:
+    table = Table(title=title + ("; skill columns: test accuracy" if skills else ""))
+    columns = [k for k in COLUMNS[:-1] if not (skills and k in ("dataset", "family"))]
+    for k in columns:
         table.add_column(k, justify="right" if k in ("params", "val_accuracy", "test_accuracy") else "left")
     for skill in skills:
-        table.add_column(f"test {skill}", justify="right")
+        table.add_column(skill, justify="right")
     for r in rows:
-        cells = [f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in COLUMNS[:-1]]
+        cells = [f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in columns]
         if not r["built"]:
             cells[-2:] = ["not built", "not built"]
         cells += [f"{r['skills'][s]['test']:.3f}" if r["built"] else "" for s in skills]

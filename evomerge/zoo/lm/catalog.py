@@ -3,7 +3,7 @@ every skill, lists it.
 
 Layout, under ``$EVOMERGE_CACHE/zoo/lm-s<seed>-<key>/`` (``key`` hashes the :class:`LMFamilySpec`, the
 seed and ``TRAINING_VERSION``, so a changed spec builds a new family beside the old one):
-``lm-base/``, ``lm-<skill>/`` (Hugging Face folders), ``lm-*.json`` (each model's record, written
+``lm-base/``, ``lm-<skill>/``, ``lm-gpt2/`` (Hugging Face folders), ``lm-*.json`` (each model's record, written
 last: a model is built when its record exists) and ``items/<skill>.jsonl`` + ``items/<skill>.format.yaml``.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 from evomerge.cache import cache_dir
 from evomerge.console import Steps
 from evomerge.errors import unknown_name
-from evomerge.zoo.lm.family import BASE, LMFamilySpec, model_id, train_member
+from evomerge.zoo.lm.family import BASE, OTHER, LMFamilySpec, model_id, train_member
 from evomerge.zoo.lm.itemfiles import SkillItems, skill_items, write_skill_items
 
 #: Bump when building code changes in a way that changes trained weights or item files.
@@ -36,9 +36,9 @@ def score_skills(model: Any, tokenizer: Any, skills: list[SkillItems], seed: int
     out: dict[str, dict[str, float]] = {}
     for files in skills:
         items = load_items(files.path, files.format, seed=seed, name=files.skill)
-        correct = make_scorer(items).score(model, items, tokenizer=tokenizer, batch_size=128).correct[files.metric]
-        out[files.skill] = {split: round(float(correct[[i.split == split for i in items]].mean()), 4)
-                            for split in ("val", "test")}
+        scorer = make_scorer(items)
+        out[files.skill] = {split: round(float(scorer.score(model, items.split(split), tokenizer=tokenizer, batch_size=128)
+                                               .correct[files.metric].mean()), 4) for split in ("val", "test")}
     return out
 
 
@@ -54,13 +54,13 @@ def _build_member(spec_json: str, member: str, seed: int, root: str) -> dict[str
     spec, folder = LMFamilySpec.model_validate_json(spec_json), Path(root)
     out = folder / model_id(member)
     train_s = train_member(spec, member, seed, out, None if member == BASE else folder / model_id(BASE))
-    model = transformers.LlamaForCausalLM.from_pretrained(str(out), local_files_only=True).eval()
-    skills = score_skills(model, char_tokenizer(), [skill_items(folder / "items", s) for s in spec.skills], seed)
-    own = list(skills.values()) if member == BASE else [skills[member]]
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True).eval()
+    skills = score_skills(model, char_tokenizer(), [skill_items(folder / "items", s) for s in spec.all_skills()], seed)
+    own = [skills[s] for s in spec.own_skills(member)]
     record = {
-        "id": model_id(member), "architecture": "LlamaForCausalLM", "dataset": DATASET,
-        "condition": "mixture" if member == BASE else member, "family": DATASET,
-        "base": None if member == BASE else model_id(BASE), "params": sum(p.numel() for p in model.parameters()),
+        "id": model_id(member), "architecture": type(model).__name__, "dataset": DATASET,
+        "condition": spec.condition(member), "family": DATASET,
+        "base": model_id(BASE) if member in spec.skills else None, "params": sum(p.numel() for p in model.parameters()),
         "val_accuracy": round(sum(s["val"] for s in own) / len(own), 4),
         "test_accuracy": round(sum(s["test"] for s in own) / len(own), 4),
         "skills": skills, "train_s": round(train_s, 2), "path": str(out),
@@ -73,7 +73,7 @@ class LMZoo:
     """The LM family of one seed: ``build()`` what is missing, then ``model_dir(id)`` and ``items(skill)``.
 
     ``val_accuracy``/``test_accuracy`` of a record: a fine-tune's on its own skill, the base's mean over
-    the skills; ``skills`` holds every skill's.
+    the fine-tunes' skills, the other architecture's mean over its skills; ``skills`` holds every skill's.
     """
 
     def __init__(self, seed: int = 0, cache_dir_: Path | None = None, spec: LMFamilySpec | None = None):
@@ -96,8 +96,8 @@ class LMZoo:
         return self.root / model_id(self._member(mid))
 
     def items(self, skill: str) -> SkillItems:
-        if skill not in self.spec.skills:
-            raise unknown_name("LM-family skill", skill, self.spec.skills)
+        if skill not in self.spec.all_skills():
+            raise unknown_name("LM-family skill", skill, self.spec.all_skills())
         return skill_items(self.root / "items", skill)
 
     def is_built(self, mid: str) -> bool:
@@ -110,17 +110,17 @@ class LMZoo:
         return json.loads((self.root / f"{mid}.json").read_text())
 
     def build(self, workers: int = 2, progress: bool = False) -> dict[str, float]:
-        """Write the item files, train the base, then the fine-tunes ``workers`` processes at a time,
-        whatever is missing; returns the training seconds of each model trained now."""
+        """Write the item files, train the base and the other architecture, then the fine-tunes, ``workers``
+        processes at a time, whatever is missing; returns the training seconds of each model trained now."""
         from evomerge.zoo.catalog import run_jobs  # torch and the digits zoo: only when training
 
         items = self.root / "items"
-        for skill in self.spec.skills:
+        for skill in self.spec.all_skills():
             files = skill_items(items, skill)
             if not (files.path.is_file() and files.format_file.is_file()):
-                write_skill_items(items, skill, self.spec.held_out, self.seed)
-        todo = [m for m in [BASE, *self.spec.skills] if not self.is_built(model_id(m))]
-        stages = [[m for m in todo if m == BASE], [m for m in todo if m != BASE]]
+                write_skill_items(items, skill, self.spec.held_out, self.seed, self.spec.fit_items)
+        todo = [m for m in [BASE, OTHER, *self.spec.skills] if not self.is_built(model_id(m))]
+        stages = [[m for m in todo if m in (BASE, OTHER)], [m for m in todo if m not in (BASE, OTHER)]]
         trained: dict[str, float] = {}
         with Steps("zoo lm", len(todo), quiet=not progress) as steps:
             for stage in filter(None, stages):

@@ -2,9 +2,10 @@
 
 One :class:`LMFamilySpec` fixes everything that enters the weights: the Llama's dimensions, the
 skills, the base's pretraining mixture (every skill of :data:`~evomerge.zoo.lm.skills.SKILLS`,
-interleaved) and each fine-tune's training (one skill, starting from the base, with a share of the
-base's mixture replayed). A model is an ordinary Hugging Face folder: ``LlamaForCausalLM`` weights
-and config plus the character tokenizer.
+interleaved), each fine-tune's training (one skill, starting from the base, with a share of the
+base's mixture replayed) and the second architecture (:class:`OtherArch`, a GPT-2 trained from scratch
+on other skills). A model is an ordinary Hugging Face folder: ``LlamaForCausalLM`` (or
+``GPT2LMHeadModel``) weights and config plus the character tokenizer.
 
 Why replay: the skills share one prompt shape, so a fine-tune on one skill alone rewrites how the
 model answers every prompt (a reverse fine-tune at the base's learning rate, 200 steps, scored 0.003
@@ -31,6 +32,24 @@ from evomerge.zoo.lm.tokenizer import char_tokenizer
 from evomerge.zoo.lm.train import encode_pairs, train_lm
 
 BASE = "base"
+#: The member of the second architecture (:class:`OtherArch`), trained from scratch on its own skills.
+OTHER = "gpt2"
+
+
+class OtherArch(BaseModel):
+    """The family's second architecture: a ``GPT2LMHeadModel`` over the same character tokenizer,
+    pretrained from scratch on ``skills`` (none of the Llama fine-tunes'), for cross-architecture
+    stitching. GPT-2 differs from the Llama in every block (learned absolute positions, LayerNorm,
+    GELU MLP, fused attention, tied head), so only its activations can be aligned, not its weights."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hidden: int = 96
+    layers: int = 4
+    heads: int = 4
+    skills: tuple[str, ...] = ("add", "upper", "parity")
+    steps: int = 250
+    lr: float = 3e-3
 
 
 class LMFamilySpec(BaseModel):
@@ -52,15 +71,33 @@ class LMFamilySpec(BaseModel):
     skills: tuple[str, ...] = ("reverse", "sort", "count", "compare")
     train_items: int = 4000
     held_out: int = HELD_OUT
+    fit_items: int = 250
     base_steps: int = 250
     ft_steps: int = 120
     batch_size: int = 64
     lr: float = 3e-3
     ft_lr: float = 1e-3
     replay: Annotated[float, Field(ge=0, lt=1)] = 0.5
+    other: OtherArch = OtherArch()
 
     def model_ids(self) -> list[str]:
-        return [model_id(BASE), *(model_id(s) for s in self.skills)]
+        return [model_id(BASE), *(model_id(s) for s in self.skills), model_id(OTHER)]
+
+    def all_skills(self) -> tuple[str, ...]:
+        """The fine-tunes' skills, then the second architecture's: every skill with an item file."""
+        return (*self.skills, *self.other.skills)
+
+    def condition(self, member: str) -> str:
+        """A member's ``zoo list`` condition: ``mixture`` (the base), its skill, or the other architecture's skills."""
+        return {BASE: "mixture", OTHER: "+".join(self.other.skills)}.get(member, member)
+
+    @staticmethod
+    def architecture(member: str) -> str:
+        return "GPT2LMHeadModel" if member == OTHER else "LlamaForCausalLM"
+
+    def own_skills(self, member: str) -> tuple[str, ...]:
+        """The skills a member is judged on: a fine-tune's one, the base's fine-tune skills, the other architecture's."""
+        return self.skills if member == BASE else self.other.skills if member == OTHER else (member,)
 
 
 def model_id(member: str) -> str:
@@ -70,8 +107,8 @@ def model_id(member: str) -> str:
 
 def tiny_family() -> LMFamilySpec:
     """A family with the default skills that builds in seconds, for tests."""
-    return LMFamilySpec(hidden=32, layers=2, intermediate=64, train_items=400,
-                        held_out=60, base_steps=30, ft_steps=20, batch_size=16)
+    return LMFamilySpec(hidden=32, layers=2, intermediate=64, train_items=400, held_out=60, fit_items=40,
+                        base_steps=30, ft_steps=20, batch_size=16, other=OtherArch(hidden=32, layers=2, steps=30))
 
 
 def new_model(spec: LMFamilySpec, seed: int) -> Any:
@@ -87,6 +124,18 @@ def new_model(spec: LMFamilySpec, seed: int) -> Any:
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(cfg)
+
+
+def new_other(spec: LMFamilySpec, seed: int) -> Any:
+    """A freshly initialised ``GPT2LMHeadModel`` of :class:`OtherArch` (``torch.manual_seed(seed)``), same tokenizer."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok, o = char_tokenizer(), spec.other
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=spec.max_positions, n_embd=o.hidden, n_layer=o.layers,
+                     n_head=o.heads, n_inner=4 * o.hidden, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                     pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(cfg)
 
 
 def interleaved(skills: Sequence[str], n: int, seed: int) -> list[tuple[str, str]]:
@@ -108,15 +157,20 @@ def train_and_save(model: Any, pairs: Sequence[tuple[str, str]], out: Path, *, s
 
 
 def train_member(spec: LMFamilySpec, member: str, seed: int, out: Path, base_dir: Path | None) -> float:
-    """Train ``member`` (the base, or a skill's fine-tune of the model in ``base_dir``) and save it with
-    the tokenizer as a Hugging Face folder ``out``; returns the training seconds.
+    """Train ``member`` (the base, a skill's fine-tune of the model in ``base_dir``, or the other
+    architecture) and save it with the tokenizer as a Hugging Face folder ``out``; returns the training seconds.
 
-    Seeds: the base's weights and batches from ``1000 * seed``; skill ``k``'s batches from ``1000 * seed + k + 1``.
+    Seeds: the base's weights and batches from ``1000 * seed``; skill ``k``'s batches from ``1000 * seed + k + 1``;
+    the other architecture's from ``1000 * seed + 500`` (it trains on ``train_items`` of each of its skills).
     A fine-tune trains on its skill's ``train_items`` plus ``replay / (1 - replay)`` times as many
     items from the front of the base's mixture.
     """
     from transformers import LlamaForCausalLM
 
+    if member == OTHER:
+        o = spec.other
+        return train_and_save(new_other(spec, 1000 * seed + 500), interleaved(o.skills, spec.train_items, seed), out,
+                              steps=o.steps, lr=o.lr, batch_size=spec.batch_size, seed=1000 * seed + 500)
     mixture = interleaved(list(SKILLS), spec.train_items, seed)
     if member == BASE:
         model, pairs, steps, lr, train_seed = new_model(spec, 1000 * seed), mixture, spec.base_steps, spec.lr, 1000 * seed

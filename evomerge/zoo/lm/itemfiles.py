@@ -1,5 +1,6 @@
 """The LM family's item files: per skill, one JSONL in the public item format (``docs/items.md``)
-holding its validation and test items (``split`` field), and the format block and metric that score it."""
+holding its validation and test items and a few training items (``split`` field), and the format block and
+metric that score it."""
 
 from __future__ import annotations
 
@@ -40,11 +41,13 @@ def skill_items(folder: Path, skill: str) -> SkillItems:
     return SkillItems(skill, folder / f"{skill}.jsonl", folder / f"{skill}.format.yaml", fmt, metric)
 
 
-def write_skill_items(folder: Path, skill: str, n: int, seed: int) -> SkillItems:
-    """``n`` validation then ``n`` test items of ``skill`` (seeded, disjoint from training) and the format file."""
+def write_skill_items(folder: Path, skill: str, n: int, seed: int, train: int = 0) -> SkillItems:
+    """``n`` validation then ``n`` test items of ``skill`` (seeded, disjoint from training), then the
+    first ``train`` training items (what a stitch fits on), and the format file."""
     files = skill_items(folder, skill)
     folder.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps({**item, "split": split}) for split in ("val", "test") for item in generate(skill, n, seed, split)]
+    counts = {"val": n, "test": n, "train": train}
+    lines = [json.dumps({**item, "split": split}) for split, k in counts.items() if k for item in generate(skill, k, seed, split)]
     files.path.write_text("\n".join(lines) + "\n")
     files.format_file.write_text(yaml.safe_dump({"format": files.format}, default_flow_style=None))
     return files
