@@ -44,7 +44,7 @@ def test_models_are_hugging_face_folders_with_the_character_tokenizer(tiny_lm):
 
 def test_item_files_hold_disjoint_val_and_test_items_in_the_public_format(tiny_lm):
     n, fit = tiny_family().held_out, tiny_family().fit_items
-    assert tiny_lm.spec.all_skills() == ("reverse", "sort", "count", "compare", "add", "upper", "parity")
+    assert tiny_lm.spec.all_skills() == ("reverse", "sort", "count", "compare", "upper", "shift", "member")
     for skill in tiny_lm.spec.all_skills():
         files = tiny_lm.items(skill)
         items = load_items(files.path, parse_format(*format_block(str(files.format_file))), seed=0)
@@ -63,14 +63,14 @@ def test_records_score_every_model_on_every_skill(tiny_lm):
         rec = tiny_lm.record(mid)
         arch = "GPT2LMHeadModel" if mid == "lm-gpt2" else "LlamaForCausalLM"
         assert rec["dataset"] == "lm" and rec["architecture"] == arch and rec["family"] == "lm"
-        assert set(rec["skills"]) == {"reverse", "sort", "count", "compare", "add", "upper", "parity"}
+        assert set(rec["skills"]) == {"reverse", "sort", "count", "compare", "upper", "shift", "member"}
         assert all(0.0 <= v[s] <= 1.0 for v in rec["skills"].values() for s in ("val", "test"))
     base, ft = tiny_lm.record("lm-base"), tiny_lm.record("lm-compare")
     assert ft["condition"] == "compare" and ft["test_accuracy"] == ft["skills"]["compare"]["test"]
     assert base["test_accuracy"] == pytest.approx(sum(base["skills"][s]["test"] for s in tiny_lm.spec.skills) / 4, abs=1e-4)
     gpt2 = tiny_lm.record("lm-gpt2")
-    assert gpt2["condition"] == "add+upper+parity" and gpt2["base"] is None
-    assert gpt2["test_accuracy"] == pytest.approx(sum(gpt2["skills"][s]["test"] for s in ("add", "upper", "parity")) / 3, abs=1e-4)
+    assert gpt2["condition"] == "upper+shift+member" and gpt2["base"] is None
+    assert gpt2["test_accuracy"] == pytest.approx(sum(gpt2["skills"][s]["test"] for s in ("upper", "shift", "member")) / 3, abs=1e-4)
     # 20 steps on the rule task lift it well above the base (about 0.45 -> 0.8 on 60 items)
     assert ft["skills"]["compare"]["test"] >= base["skills"]["compare"]["test"] + 0.15
 
@@ -147,7 +147,7 @@ def test_zoo_list_json_rows_of_the_family(tiny_lm, monkeypatch, capsys):
     assert rows[4]["test_accuracy"] == tiny_lm.record("lm-compare")["test_accuracy"]
     assert main(["zoo", "list", "--family", "lm"]) == 0  # the table: a test-accuracy column per skill
     table = capsys.readouterr().out
-    assert "skill columns: test accuracy" in table and "parity" in table and f"{tiny_lm.record('lm-compare')['test_accuracy']:.3f}" in table
+    assert "skill columns: test accuracy" in table and "member" in table and f"{tiny_lm.record('lm-compare')['test_accuracy']:.3f}" in table
     monkeypatch.setattr(catalog, "DEFAULT_SPEC", tiny_family().model_copy(update={"ft_steps": 5}))
     assert main(["zoo", "list", "--family", "lm", "--json"]) == 0
     assert not any(r["built"] for r in json.loads(capsys.readouterr().out))

@@ -59,3 +59,27 @@ def fit_gate(
         gate.bias.sub_(w @ mu)
         gate.weight.copy_(w)
     return gate.requires_grad_(False)
+
+
+ROUTINGS = ("mixture", "confidence", "learned")
+
+
+def route(probs: Tensor, weights: Tensor, routing: str = "mixture", gate: Tensor | None = None) -> Tensor:
+    """``log Σ_k r_k p_k / Σ_k r_k`` over paths ``probs`` ``(K, *batch, C)`` with coefficients ``weights`` ``(K,)``.
+
+    ``r_k``: ``mixture``, ``w_k``; ``confidence``, ``w_k · max_c p_k(c)`` (trust the more confident
+    path); ``learned``, ``w_k · g_k`` with the gate's probabilities ``gate`` ``(*batch, K)``.
+    """
+    if routing not in ROUTINGS:
+        raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
+    if not bool((weights > 0).any()):
+        raise ValueError("every routing coefficient is zero: no path to run")
+    coef = weights.reshape(-1, *([1] * (probs.dim() - 1))).expand(*probs.shape[:-1], 1)
+    if routing == "confidence":
+        coef = coef * probs.amax(dim=-1, keepdim=True)
+    elif routing == "learned":
+        if gate is None:
+            raise ValueError("routing 'learned' needs the gate's probabilities")
+        coef = coef * gate.movedim(-1, 0).unsqueeze(-1)
+    mixed = (coef * probs).sum(0) / coef.sum(0).clamp_min(1e-12)
+    return mixed.clamp_min(1e-12).log()

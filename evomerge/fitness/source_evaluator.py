@@ -3,7 +3,7 @@
 Built once per worker. An in-place recipe's ``base`` is loaded once into a resident model (one per
 base the search names) and every candidate is written into it in place
 (:class:`~evomerge.recipe.inplace.InPlaceBuilder`: task vectors and a method's per-task factors
-cached); a recipe built as a view (:attr:`~evomerge.recipe.kind.RecipeKind.as_view`: ``stack``) reads
+cached); a recipe built as a view (:attr:`~evomerge.recipe.kind.RecipeKind.as_view`: ``stack``, ``stitch``) reads
 every source it names from a resident model of its own, loaded once and never written, and each
 candidate is a new module over their modules (:meth:`~evomerge.recipe.kind.RecipeKind.view`). Each
 candidate is then scored by the tasks' scorers (:mod:`evomerge.items.scorers`) on the chosen items
@@ -35,7 +35,7 @@ from evomerge.items import ItemSet, Scorer, make_scorer
 from evomerge.recipe.inplace import InPlaceBuilder
 from evomerge.recipe.materialize import Materialized
 from evomerge.recipe.schema import parse_recipe
-from evomerge.recipe.stack_view import held_params
+from evomerge.recipe.stitch_view import FitTexts
 
 if TYPE_CHECKING:
     from evomerge.search.space import SearchSpace  # read only (duck-typed): the search layer sits above
@@ -68,6 +68,8 @@ class SourceEvaluator(CandidateEvaluator):
                 raise UserError(f"{t.items}: task '{t.name}' has no items in the {split} split")
             self.tasks[t.name] = ItemTask(t.name, items, make_scorer(t.item_set), t.metric)
         self.weights = {t.name: t.weight for t in space.tasks}
+        self._specs = {t.name: t for t in space.tasks}
+        self._fit: FitTexts | None = None
         self.sources = dict(space.sources)
         self.batch_size = space.resources.batch_size
         self._init_fitness()  # the banks are checked before any model is loaded
@@ -112,16 +114,25 @@ class SourceEvaluator(CandidateEvaluator):
         """Source ``model`` loaded once, for views (:meth:`build`), with its parameter count."""
         if model not in self._residents:
             self._residents[model] = self.sources[model].load_model(self.device)
-            self._params[model] = held_params(self._residents[model])
+            self._params[model] = sum(p.numel() for p in self._residents[model].parameters())
         return self._residents[model]
+
+    def fit_texts(self, model: str) -> FitTexts:
+        """Every task's training items as texts (:meth:`~evomerge.items.ItemSet.answered`) with ``model``'s
+        tokenizer, made once: what a stitch's aligners and router fit on (a task without training items
+        gives none)."""
+        if self._fit is None:
+            pairs = {name: t.item_set.split("train").answered() for name, t in self._specs.items()}
+            self._fit = FitTexts(pairs, self.tokenizer(model), self.batch_size)
+        return self._fit
 
     def build(self, recipe: dict[str, Any]) -> Materialized:
         kind = parse_recipe(recipe, self.space.source, "recipe")
         first = kind.model_refs()[0][1]
         self._tokenizer = self.tokenizer(first)
         if kind.as_view:
-            module = kind.view({m: self.resident(m) for _, m in kind.model_refs()})
-            params = held_params(module)
+            module = kind.view({m: self.resident(m) for _, m in kind.model_refs()}, self.fit_texts(first))
+            params = kind.view_params(module)
             return Materialized(module, params, params - self._params[first], list(self.tasks))
         module = self.builder(first).build(kind)
         return Materialized(module, self._params[first], 0, list(self.tasks))

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from evomerge.errors import ConfigError
+from evomerge.errors import ConfigError, UserError
 
 #: Split names an item can carry (``validation`` in a file is read as ``val``).
 SPLITS = ("train", "val", "test")
@@ -221,6 +221,18 @@ class ItemSet:
 
     def __getitem__(self, key: int | str) -> Item:
         return self.items[self._index[key] if isinstance(key, str) else key]
+
+    def answered(self) -> list[tuple[str, str]]:
+        """Each text item as ``(prompt, answer)``, the text a causal LM is trained to continue: a
+        generation item's prompt and first target then its first stop string; a multiple-choice item's
+        context and ``target_delimiter`` + the gold choice (lm-eval's request for it)."""
+        fmt = self.format
+        if isinstance(fmt, GenerationFormat):
+            stop = fmt.until[0] if fmt.until else ""
+            return [(i.fields["prompt"], i.fields["targets"][0] + stop) for i in self.items]
+        if isinstance(fmt, MultipleChoiceFormat):
+            return [(i.fields["context"], fmt.target_delimiter + i.fields["choices"][i.fields["gold"]]) for i in self.items]
+        raise UserError(f"{self.name}: classification items have no text answer to continue")
 
     def split(self, name: str) -> ItemSet:
         """The items of one split (``train``, ``val`` or ``test``), in file order."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from abc import abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from pydantic import ValidationError, model_validator
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from evomerge.core.merge import MergeParams
     from evomerge.core.probe import ActivationCache
     from evomerge.recipe.materialize import Materialized, Sources
+    from evomerge.recipe.stitch_view import FitTexts
     from evomerge.recipe.stream import MergePlan
 
 
@@ -85,14 +86,20 @@ class RecipeKind(Strict):
         model of ``layers`` repeated layers."""
         raise UserError(f"recipe kind '{self.kind}' is not built in place")
 
-    def view(self, models: Mapping[str, nn.Module]) -> nn.Module:
+    def view(self, models: Mapping[str, nn.Module], fit: FitTexts | None = None) -> nn.Module:
         """The candidate as a module over ``models`` (every model of :meth:`model_refs`, by name, loaded
-        once and left unchanged), sharing their weights: for a kind that is :attr:`as_view`."""
+        once and left unchanged), sharing their weights: for a kind that is :attr:`as_view`. ``fit``: the
+        tasks' training texts, for a view fitted on activations (a stitch)."""
         raise UserError(f"recipe kind '{self.kind}' is not built as a view over resident models")
 
-    def check_sources(self, configs: Mapping[str, Mapping[str, Any]], source: str, prefix: str = "") -> None:
+    def view_params(self, module: nn.Module) -> int:
+        """The parameters a view built by :meth:`view` holds (what its materialized model would)."""
+        raise UserError(f"recipe kind '{self.kind}' is not built as a view over resident models")
+
+    def check_sources(self, configs: Mapping[str, Mapping[str, Any]], source: str, prefix: str = "",
+                      tasks: Sequence[str] = ()) -> None:  # fmt: skip
         """Whether the models whose Hugging Face configs are ``configs`` (by the recipe's names) can be
-        viewed; a ConfigError names ``source`` and the field under ``prefix``."""
+        viewed, for a space whose tasks are named ``tasks``; a ConfigError names ``source`` and the field under ``prefix``."""
         raise UserError(f"recipe kind '{self.kind}' is not built as a view over resident models")
 
     @abstractmethod

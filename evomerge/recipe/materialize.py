@@ -62,6 +62,9 @@ def own_task(spec: ModelSpec) -> str:
 def fit_probes(branch: Branch, dataset: str, data_seed: int, recipe_seed: int) -> list[ProbeSet]:
     """The conditions the branch's aligner is fitted on: fixed subsets of training items."""
     fit = branch.fit
+    if fit.conditioning == "task":
+        raise UserError("fit.conditioning 'task' conditions on item-file tasks (a stitch over Hugging Face sources); "
+                        "zoo models take none, class or transformation")
     key = fit.task or f"{dataset}/all"
     ds, cond = parse_task_key(key)
     gen = torch.Generator().manual_seed(recipe_seed)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from evomerge.core.gate import route
 from evomerge.core.route import MASS
 from evomerge.zoo.models import LayeredNet
 
@@ -49,9 +50,9 @@ class Tail:
 class StitchMerge(nn.Module):
     """``p(y|x) = Σ_k r_k(x) p_k(y|x) / Σ_k r_k(x)`` over the trunk's own tail and the stitched tails.
 
-    Routing ``r_k(x)``: ``mixture``, the fixed coefficients ``w_k`` (seed 001 Alg. 4 step 5 applied
-    to the outputs); ``confidence``, ``w_k · max_y p_k(y|x)`` (trust the more confident path);
-    ``learned``, ``w_k · g_k(x)`` with a linear gate (:mod:`evomerge.core.gate`) on the trunk's
+    Routing ``r_k(x)`` (:func:`~evomerge.core.gate.route`): ``mixture``, the fixed coefficients ``w_k``
+    (seed 001 Alg. 4 step 5 applied to the outputs); ``confidence``, ``w_k · max_y p_k(y|x)`` (trust the
+    more confident path); ``learned``, ``w_k · g_k(x)`` with a linear gate (:mod:`evomerge.core.gate`) on the trunk's
     activation at ``gate_layer`` and every path's log-probabilities (a path's own output is strong
     evidence of whether an input is in its task distribution).
     Returns log-probabilities (usable as logits).
@@ -104,18 +105,12 @@ class StitchMerge(nn.Module):
 
     def forward(self, x: Tensor, task: str | None = None) -> Tensor:
         probs, weights, acts = self.path_outputs(x, task)
-        if not bool((weights > 0).any()):
-            raise ValueError("every routing coefficient is zero: no path to run")
-        coef = weights[:, None, None].expand(-1, probs.shape[1], 1)
-        if self.routing == "confidence":
-            coef = coef * probs.amax(dim=-1, keepdim=True)
-        elif self.routing == "learned":
+        gate = None
+        if self.routing == "learned":
             if self.gate is None:
                 raise RuntimeError("routing 'learned' needs a fitted gate")
-            g = torch.softmax(self.gate(self.gate_features(probs, acts)), dim=-1)  # (B, K)
-            coef = coef * g.T[:, :, None]
-        mixed = (coef * probs).sum(0) / coef.sum(0).clamp_min(1e-12)
-        return mixed.clamp_min(1e-12).log()
+            gate = torch.softmax(self.gate(self.gate_features(probs, acts)), dim=-1)  # (B, K)
+        return route(probs, weights, self.routing, gate)
 
     def num_params(self) -> int:
         """Parameters on the paths that run: the trunk, the maps, the tails and the gate."""

@@ -8,20 +8,22 @@ The kinds built from the zoo (``layerwise`` and ``stack``, over Hugging Face dec
   branch's ``source_layer``; an aligner maps that activation into the branch model's space at
   ``target_layer``; the branch model's tail runs on from there. The trunk's own tail and the
   branches' tails are joined in the union label space by routing coefficients (``weight``,
-  one value or one per task key).
+  one value or one per task key). Over Hugging Face causal LMs of one tokenizer a stitch is a view over
+  the resident models whose next-token distributions are routed per position
+  (:mod:`evomerge.recipe.stitch_view`).
 * ``weights`` — weight-space merge of fine-tunes of one ``base`` (task arithmetic, TIES, DARE,
   TSV ...), optionally with MASS input-adaptive routing over the tasks' subspaces.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Field, ValidationError, field_validator
 
 from evomerge.core.merge import MERGE_METHODS, MergeParams
-from evomerge.errors import ConfigError, config_error
+from evomerge.errors import ConfigError, UserError, config_error
 from evomerge.recipe import layerwise, stack  # noqa: F401  (registration)
 from evomerge.recipe.kind import RECIPE_KINDS, NoMergekitConfig, RecipeKind, Strict, _drop_nulls
 from evomerge.recipe.layerwise import FILTERS, Cell
@@ -29,9 +31,11 @@ from evomerge.recipe.to_mergekit import task_vector_config
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
     from evomerge.core.probe import ActivationCache
     from evomerge.recipe.materialize import Materialized, Sources
+    from evomerge.recipe.stitch_view import FitTexts
     from evomerge.recipe.stream import MergePlan
 
 
@@ -46,13 +50,16 @@ class AlignerSpec(Strict):
 class FitSpec(Strict):
     """Which items the aligner is fitted on, and how they are split into conditions.
 
-    ``conditioning``: ``none`` (one condition: the fit task), ``class`` (one condition per class
-    of the fit task), ``transformation`` (one condition per task view in ``conditions``, e.g.
-    ``[all, reverse]``). ``task`` defaults to the branch model's dataset with condition ``all``.
+    Over zoo models: ``conditioning`` ``none`` (one condition: the fit task), ``class`` (one condition
+    per class of the fit task), ``transformation`` (one condition per task view in ``conditions``, e.g.
+    ``[all, reverse]``); ``task`` defaults to the branch model's dataset with condition ``all``.
+    Over Hugging Face sources (a view): the training items (``split: train``) of the space's tasks named in
+    ``conditions`` (else ``task``, else every task), ``items`` split evenly over them; ``none`` pools them
+    into one condition, ``task`` makes each task a condition (seed 001's task-conditioned alignment).
     """
 
     task: str | None = None
-    conditioning: Literal["none", "class", "transformation"] = "none"
+    conditioning: Literal["none", "class", "transformation", "task"] = "none"
     conditions: list[str] = []
     items: Annotated[int, Field(ge=16)] = 1000
 
@@ -95,6 +102,7 @@ class GateSpec(Strict):
 @RECIPE_KINDS.register("stitch")
 class StitchRecipe(RecipeKind):
     kind: Literal["stitch"]
+    as_view: ClassVar[bool] = True
     trunk: str
     trunk_weight: Weight = 1.0
     branches: Annotated[list[Branch], Field(min_length=1)]
@@ -117,6 +125,58 @@ class StitchRecipe(RecipeKind):
         from evomerge.recipe.materialize import build_stitch
 
         return build_stitch(self, sources, cache, skeleton)
+
+    def fit_tasks(self, fit: FitSpec, tasks: Sequence[str]) -> list[str]:
+        """The tasks a view's fit reads: ``conditions``, else ``task``, else every task."""
+        return list(fit.conditions) or ([fit.task] if fit.task else list(tasks))
+
+    def check_sources(self, configs: Mapping[str, Mapping[str, Any]], source: str, prefix: str = "",
+                      tasks: Sequence[str] = ()) -> None:  # fmt: skip
+        """Over Hugging Face causal LMs: one vocabulary (the trunk's tokenizer reads for every model),
+        layers that are blocks of their models, fit tasks of the space, conditioning ``none`` or ``task``,
+        no stitch tuning (it runs on zoo models only)."""
+        from evomerge.recipe.stitch_view import block_names
+
+        def at(field: str) -> str:
+            return ".".join(p for p in (prefix, field) if p)
+
+        vocab = configs[self.trunk].get("vocab_size")
+        checks = [(f"branches[{i}]", b) for i, b in enumerate(self.branches)]
+        for where, br in checks:
+            if configs[br.model].get("vocab_size") != vocab:
+                raise ConfigError(source, at(f"{where}.model"), f"a model of the trunk's vocabulary ({vocab} tokens): "
+                                  "a stitch of language models reads one tokenizer", br.model)
+            for field, model, layer in (("source_layer", self.trunk, br.source_layer), ("target_layer", br.model, br.target_layer)):
+                if layer not in (names := block_names(configs[model])):
+                    raise ConfigError(source, at(f"{where}.{field}"), f"a block of '{model}' ({', '.join(names)})", layer)
+            if br.fit.conditioning not in ("none", "task"):
+                raise ConfigError(source, at(f"{where}.fit.conditioning"), "none or task over Hugging Face sources",
+                                  br.fit.conditioning)
+            for t in self.fit_tasks(br.fit, tasks):
+                if t not in tasks:
+                    raise ConfigError(source, at(f"{where}.fit"), "a task of the space with training items (split: train): "
+                                  f"{', '.join(tasks) or 'none'}", t)
+            if br.tune.epochs:
+                raise ConfigError(source, at(f"{where}.tune.epochs"), "0: stitch tuning runs on zoo models only",
+                                  br.tune.epochs)
+        if self.gate.layer is not None and self.gate.layer not in (names := block_names(configs[self.trunk])):
+            raise ConfigError(source, at("gate.layer"), f"a block of '{self.trunk}' ({', '.join(names)})", self.gate.layer)
+        if self.gate.task is not None and self.gate.task not in tasks:
+            raise ConfigError(source, at("gate.task"), "a task of the space with training items (split: train): "
+                              f"{', '.join(tasks) or 'none'}", self.gate.task)
+
+    def view(self, models: Mapping[str, nn.Module], fit: FitTexts | None = None) -> nn.Module:
+        """The stitched causal LM over the resident ``models`` (:mod:`evomerge.recipe.stitch_view`),
+        its maps and router fitted on ``fit``'s training texts."""
+        from evomerge.recipe.stitch_view import stitch_view
+
+        if fit is None:
+            raise UserError("a stitch over Hugging Face sources is fitted on its tasks' training texts; none were given")
+        return stitch_view(self, models, fit)
+
+    def view_params(self, module: nn.Module) -> int:
+        """The trunk, the maps, the branches' tails and the router (:meth:`~evomerge.recipe.stitch_view.StitchedLM.num_params`)."""
+        return module.num_params()
 class MassSpec(Strict):
     """MASS routing (Crisostomi et al. 2025) over the tasks' subspaces at the Linear ``layer``.
 

@@ -19,8 +19,8 @@ Face sources builds it as a view over the resident source models instead (:meth:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Literal
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import torch
 import yaml
@@ -30,8 +30,11 @@ from torch import nn
 from evomerge.errors import ConfigError
 from evomerge.io.mergekit_config import parse_mergekit_config
 from evomerge.recipe.kind import RECIPE_KINDS, RecipeKind, Strict
-from evomerge.recipe.stack_view import stack_view
+from evomerge.recipe.stack_view import held_params, stack_view
 from evomerge.recipe.stream import MergePlan, open_source, plan_mergekit
+
+if TYPE_CHECKING:
+    from evomerge.recipe.stitch_view import FitTexts
 
 #: The tensors a slot's ``scale`` multiplies (by substring of their name): the residual writes.
 SCALED = ("o_proj", "down_proj")
@@ -87,7 +90,7 @@ class StackRecipe(RecipeKind):
         return {"merge_method": "passthrough", "slices": [{"sources": [source(s)]} for s in self.slots]}
 
     def check_sources(self, configs: Mapping[str, Mapping[str, Any]], source: str, prefix: str = "",
-                      vocab: bool = True) -> None:  # fmt: skip
+                      tasks: Sequence[str] = (), vocab: bool = True) -> None:  # fmt: skip
         """Every slot's model of the first one's family (``vocab``: its vocabulary too), every range
         within its model's ``num_hidden_layers``."""
         fields = FAMILY if vocab else FAMILY[:-1]
@@ -101,10 +104,14 @@ class StackRecipe(RecipeKind):
                 raise ConfigError(source, f"{where}.layer_range", f"a range within the {n} layers of '{s.model}'",
                                   list(s.layer_range))
 
-    def view(self, models: Mapping[str, nn.Module]) -> nn.Module:
+    def view(self, models: Mapping[str, nn.Module], fit: FitTexts | None = None) -> nn.Module:
         """The stack over the resident ``models`` (:func:`~evomerge.recipe.stack_view.stack_view`), checked first."""
         self.check_sources({m: models[m].config.to_dict() for m in {s.model for s in self.slots}}, "recipe")
         return stack_view([(s.model, models[s.model], s.layer_range, s.scale) for s in self.slots])
+
+    def view_params(self, module: nn.Module) -> int:
+        """The materialized stack's parameters (:func:`~evomerge.recipe.stack_view.held_params`)."""
+        return held_params(module)
 
     def plan(self, source: str, out_dtype: torch.dtype | None, compute_dtype: torch.dtype,
              keep_embeddings_from: str | None) -> MergePlan:  # fmt: skip

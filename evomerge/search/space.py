@@ -678,13 +678,15 @@ def check_searchable(space: SearchSpace) -> None:
                               "in a space over model sources", t.name)
     if space.fitness.estimator != "full":
         check_banks_match_items(space)
+    trained = [t.name for t in space.tasks if len(t.item_set.split("train"))]
     for genome in sample_genomes(space):
         kind = parse_recipe(decode(space, genome), space.source, "recipe")
         if kind.as_view:
-            kind.check_sources({m: space.sources[m].config for _, m in kind.model_refs()}, space.source, "recipe")
+            kind.check_sources({m: space.sources[m].config for _, m in kind.model_refs()}, space.source, "recipe",
+                               trained)
         elif not kind.in_place:
             raise ConfigError(space.source, "recipe.kind", "a recipe kind built in place or as a view for a search "
-                              "over model sources (layerwise, weights without MASS, stack)", kind.kind)
+                              "over model sources (layerwise, weights without MASS, stack, stitch)", kind.kind)
 
 
 def check_banks_match_items(space: SearchSpace) -> None:

@@ -1,7 +1,7 @@
 """What the built-in language-model family holds and how one of its models is trained.
 
 One :class:`LMFamilySpec` fixes everything that enters the weights: the Llama's dimensions, the
-skills, the base's pretraining mixture (every skill of :data:`~evomerge.zoo.lm.skills.SKILLS`,
+skills, the base's pretraining mixture (the skills of :data:`~evomerge.zoo.lm.skills.PRETRAINING`,
 interleaved), each fine-tune's training (one skill, starting from the base, with a share of the
 base's mixture replayed) and the second architecture (:class:`OtherArch`, a GPT-2 trained from scratch
 on other skills). A model is an ordinary Hugging Face folder: ``LlamaForCausalLM`` (or
@@ -27,7 +27,7 @@ from typing import Annotated, Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from evomerge.zoo.lm.skills import HELD_OUT, SKILLS, generate, training_text
+from evomerge.zoo.lm.skills import HELD_OUT, PRETRAINING, generate, training_text
 from evomerge.zoo.lm.tokenizer import char_tokenizer
 from evomerge.zoo.lm.train import encode_pairs, train_lm
 
@@ -38,17 +38,19 @@ OTHER = "gpt2"
 
 class OtherArch(BaseModel):
     """The family's second architecture: a ``GPT2LMHeadModel`` over the same character tokenizer,
-    pretrained from scratch on ``skills`` (none of the Llama fine-tunes'), for cross-architecture
-    stitching. GPT-2 differs from the Llama in every block (learned absolute positions, LayerNorm,
-    GELU MLP, fused attention, tied head), so only its activations can be aligned, not its weights."""
+    pretrained from scratch on ``skills`` (none of the Llama fine-tunes'; ``shift`` and ``member`` are
+    outside the Llama's pretraining mixture, ``upper`` is in it), for cross-architecture stitching.
+    GPT-2 differs from the Llama in every block (learned absolute positions, LayerNorm, GELU MLP, fused
+    attention, tied head), so only its activations can be aligned, not its weights. Dropout is off, as in
+    the Llama: with GPT-2's default 0.1 this small model learns its skills far more slowly."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    hidden: int = 96
+    hidden: int = 128
     layers: int = 4
     heads: int = 4
-    skills: tuple[str, ...] = ("add", "upper", "parity")
-    steps: int = 250
+    skills: tuple[str, ...] = ("upper", "shift", "member")
+    steps: int = 400
     lr: float = 3e-3
 
 
@@ -56,7 +58,7 @@ class LMFamilySpec(BaseModel):
     """How to build the family. Every field enters the cache key.
 
     ``skills``: one fine-tune each (``lm-<skill>``); ``train_items``: training items per skill (the
-    base sees ``train_items`` of every skill in :data:`SKILLS`); ``held_out``: validation and test
+    base sees ``train_items`` of every skill in :data:`PRETRAINING`); ``held_out``: validation and test
     items per skill in the item files (at most :data:`HELD_OUT`); ``replay``: the share of a
     fine-tune's training items drawn from the base's mixture (the rest are its skill's).
     """
@@ -133,7 +135,7 @@ def new_other(spec: LMFamilySpec, seed: int) -> Any:
     tok, o = char_tokenizer(), spec.other
     cfg = GPT2Config(vocab_size=len(tok), n_positions=spec.max_positions, n_embd=o.hidden, n_layer=o.layers,
                      n_head=o.heads, n_inner=4 * o.hidden, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                     pad_token_id=tok.pad_token_id)
+                     pad_token_id=tok.pad_token_id, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     torch.manual_seed(seed)
     return GPT2LMHeadModel(cfg)
 
@@ -171,7 +173,7 @@ def train_member(spec: LMFamilySpec, member: str, seed: int, out: Path, base_dir
         o = spec.other
         return train_and_save(new_other(spec, 1000 * seed + 500), interleaved(o.skills, spec.train_items, seed), out,
                               steps=o.steps, lr=o.lr, batch_size=spec.batch_size, seed=1000 * seed + 500)
-    mixture = interleaved(list(SKILLS), spec.train_items, seed)
+    mixture = interleaved(PRETRAINING, spec.train_items, seed)
     if member == BASE:
         model, pairs, steps, lr, train_seed = new_model(spec, 1000 * seed), mixture, spec.base_steps, spec.lr, 1000 * seed
     else:

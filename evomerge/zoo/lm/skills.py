@@ -73,6 +73,17 @@ def _parity(rng: random.Random) -> Item:
     return {"context": f"parity {n}:", "choices": ["even", "odd"], "gold": n % 2}
 
 
+def _shift(rng: random.Random) -> Item:
+    w = _word(rng, 3, 6)
+    return {"prompt": f"shift {w}: ", "target": "".join(chr(ord(c) + 1) for c in w)}
+
+
+def _member(rng: random.Random) -> Item:
+    c = rng.choice(LETTERS)
+    w = _word(rng, 3, 6)
+    return {"context": f"has {c} {w}:", "choices": ["no", "yes"], "gold": int(c in w)}
+
+
 SKILLS: dict[str, Skill] = {
     s.name: s
     for s in (
@@ -83,8 +94,12 @@ SKILLS: dict[str, Skill] = {
         Skill("compare", "multiple_choice", _compare),
         Skill("upper", "generation", _upper),
         Skill("parity", "multiple_choice", _parity),
+        Skill("shift", "generation", _shift),
+        Skill("member", "multiple_choice", _member),
     )
 }
+#: The Llama base's pretraining mixture; ``shift`` and ``member`` are only the second architecture's.
+PRETRAINING = ("add", "reverse", "sort", "count", "compare", "upper", "parity")
 
 #: Every character any skill writes, plus the separator and the stop string.
 ALPHABET = sorted(set(string.digits + LETTERS + LETTERS.upper() + "abcdefghijklmnopqrstuvwxyz" + " :\n"))

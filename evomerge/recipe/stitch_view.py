@@ -1,0 +1,287 @@
+"""A cross-architecture stitch of causal LMs as a view over resident source models (``stitch`` recipes
+over Hugging Face sources): one trunk LM, branches of other architectures reached through aligners.
+
+For every position of a token sequence the trunk runs whole and gives its own next-token distribution
+``p_0``; a branch ``k`` takes the trunk's hidden state at ``source_layer``, maps it per token into its
+own residual stream at ``target_layer`` with an aligner fitted on paired activations of the same
+training texts (one tokenizer: the rows pair token by token), and runs its remaining blocks, final norm
+and head: ``p_k``. The paths are routed per position exactly as the zoo's
+:class:`~evomerge.recipe.merged.StitchMerge` routes per item (:func:`~evomerge.core.gate.route`):
+``p = Σ_k r_k p_k / Σ_k r_k``. The learned router's features are the trunk's last hidden state and
+every path's log-probabilities (seed 001's task-conditioned α_t, made input-adaptive); it is fitted on the
+answer tokens of the training texts. A fixed per-task coefficient would need the task at generation
+time, which a causal LM is not given: a view reads a ``weight`` mapping's ``default``.
+
+The module is a causal LM for evomerge's scorers: ``forward(input_ids, attention_mask, position_ids)``
+returns ``logits`` (the log of the routed mixture) and :meth:`StitchedLM.generate` decodes greedily
+with the scorers' stopping criteria. It keeps no key/value cache: each decoding step runs the whole
+sequence (these are short items), and a branch runs its front blocks too, discarded, because
+:class:`~evomerge.sources.adapters.HFAdapter` cuts a Hugging Face model with a hook on its full forward.
+The source models are only read; any number of views leaves them as they were.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+from transformers.modeling_outputs import CausalLMOutput
+
+from evomerge.core.align import ConditionPair
+from evomerge.core.align.base import Aligner
+from evomerge.core.gate import fit_gate, route
+from evomerge.sources.adapters import HFAdapter
+
+if TYPE_CHECKING:
+    from evomerge.recipe.schema import StitchRecipe
+
+
+class PerToken(nn.Module):
+    """Apply a row map ``(N, d_a) -> (N, d_b)`` at every position of ``(B, T, d_a)``."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, h: Tensor) -> Tensor:
+        out = self.inner(h.reshape(-1, h.shape[-1]))
+        return out.reshape(*h.shape[:-1], out.shape[-1])
+
+
+def _unique(params: Any) -> dict[int, nn.Parameter]:
+    return {id(p): p for p in params}
+
+
+def tail_params(adapter: HFAdapter, layer: str | None) -> int:
+    """Parameters a branch adds when entered after ``layer`` (None: the whole model): its blocks after
+    it, its final norm and its head (a head tied to the input embeddings counts once, as the head);
+    its embeddings and earlier blocks do not run."""
+    module = adapter.module
+    every = _unique(module.parameters())
+    if layer is None:
+        return sum(p.numel() for p in every.values())
+    names = adapter.layer_names
+    front = _unique(p for n in names[: names.index(layer) + 1] for p in adapter.layer_module(n).parameters())
+    front |= _unique(p for m in module.modules() if isinstance(m, nn.Embedding) for p in m.parameters())
+    head = module.get_output_embeddings()
+    keep = _unique(head.parameters()) if head is not None else {}
+    return sum(p.numel() for k, p in every.items() if k not in front or k in keep)
+
+
+@dataclass
+class LMPath:
+    """One branch: the trunk's ``source_layer`` -> ``stitch`` -> ``model`` on from ``target_layer``
+    (``stitch`` None: the branch runs whole on the input, an output ensemble)."""
+
+    model: HFAdapter
+    source_layer: str | None
+    stitch: nn.Module | None
+    target_layer: str | None
+    weight: float
+
+
+def model_inputs(input_ids: Tensor, attention_mask: Tensor | None, position_ids: Tensor | None) -> dict[str, Tensor]:
+    """The inputs both architectures read: ids, mask and the unpadded positions of a left-padded batch."""
+    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    pos = (mask.cumsum(-1) - 1).clamp(min=0) if position_ids is None else position_ids
+    return {"input_ids": input_ids, "attention_mask": mask, "position_ids": pos}
+
+
+class StitchedLM(nn.Module):
+    """The routed causal LM of a trunk and its stitched branches (see the module docstring)."""
+
+    def __init__(self, trunk: HFAdapter, trunk_weight: float, paths: Sequence[LMPath], routing: str = "mixture"):
+        super().__init__()
+        self._trunk, self._paths = trunk, list(paths)
+        self.stitches = nn.ModuleList([p.stitch for p in paths if p.stitch is not None])
+        self.trunk_weight, self.routing = trunk_weight, routing
+        self.gate_layer = trunk.layer_names[-1]
+        self.gate: nn.Module | None = None
+        self.config = copy.deepcopy(trunk.module.config)
+        lengths = [getattr(m.module.config, "max_position_embeddings", None) or getattr(m.module.config, "n_positions")
+                   for m in [trunk, *(p.model for p in paths)]]
+        self.config.max_position_embeddings = min(lengths)
+        self.eos_token_id = trunk.module.config.eos_token_id
+
+    @property
+    def weights(self) -> Tensor:
+        return torch.tensor([self.trunk_weight, *(p.weight for p in self._paths)])
+
+    def path_outputs(self, inputs: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Every path's next-token probabilities ``(K, B, T, V)`` (the trunk's own first) and the trunk's
+        hidden state at the gate layer ``(B, T, d)``."""
+        needed = {p.source_layer for p in self._paths if p.stitch is not None} | {self.gate_layer}
+        acts: dict[str, Tensor] = {}
+        hooks = [self._trunk.layer_module(n).register_forward_hook(
+            lambda _m, _i, out, n=n: acts.__setitem__(n, out[0] if isinstance(out, tuple) else out)) for n in needed]
+        try:
+            logits = [self._trunk(dict(inputs))]
+        finally:
+            for h in hooks:
+                h.remove()
+        for p in self._paths:
+            if p.stitch is None:
+                logits.append(p.model(dict(inputs)))
+            else:
+                logits.append(p.model.forward_from(p.stitch(acts[p.source_layer]), p.target_layer, dict(inputs)))
+        return torch.stack([torch.softmax(z.float(), dim=-1) for z in logits]), acts[self.gate_layer]
+
+    @staticmethod
+    def gate_features(probs: Tensor, hidden: Tensor) -> Tensor:
+        """``[h(x_≤t), log p_0, ..., log p_K]`` per position: ``(*, d + K·V)``."""
+        logp = probs.clamp_min(1e-8).log().movedim(0, -2).flatten(-2)
+        return torch.cat([hidden.float(), logp], dim=-1)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, position_ids: Tensor | None = None,
+                logits_to_keep: int = 0, use_cache: bool | None = None) -> CausalLMOutput:
+        """``logits``: the log of the routed next-token mixture at the last ``logits_to_keep`` positions (0: all)."""
+        probs, hidden = self.path_outputs(model_inputs(input_ids, attention_mask, position_ids))
+        if logits_to_keep:
+            probs, hidden = probs[:, :, -logits_to_keep:], hidden[:, -logits_to_keep:]
+        gate = None
+        if self.routing == "learned":
+            if self.gate is None:
+                raise RuntimeError("routing 'learned' needs a fitted gate")
+            gate = torch.softmax(self.gate(self.gate_features(probs, hidden)), dim=-1)
+        return CausalLMOutput(logits=route(probs, self.weights.to(probs), self.routing, gate))
+
+    @torch.no_grad()
+    def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, max_length: int = 20,
+                 stopping_criteria: Any = None, pad_token_id: int | None = None, do_sample: bool = False,
+                 use_cache: bool | None = None) -> Tensor:
+        """Greedy decoding as ``transformers``' ``generate`` does it with ``do_sample=False``: a row ends at
+        EOS or when ``stopping_criteria`` says so, and is padded with ``pad_token_id`` from then on."""
+        if do_sample:
+            raise ValueError("a stitched LM decodes greedily only")
+        ids = input_ids
+        mask = torch.ones_like(ids) if attention_mask is None else attention_mask
+        pad = self.eos_token_id if pad_token_id is None else pad_token_id
+        done = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
+        while ids.shape[1] < max_length and not bool(done.all()):
+            nxt = self(ids, mask, logits_to_keep=1).logits[:, -1].argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+            ids = torch.cat([ids, nxt[:, None]], dim=1)
+            mask = torch.cat([mask, (~done).long()[:, None]], dim=1)
+            done |= nxt == self.eos_token_id
+            if stopping_criteria is not None:
+                done |= stopping_criteria(ids, None)
+        return ids
+
+    def num_params(self) -> int:
+        """Parameters on the paths that run: the whole trunk, the maps, the branches' tails and the gate."""
+        n = sum(p.numel() for p in _unique(self._trunk.module.parameters()).values())
+        n += sum(tail_params(p.model, p.target_layer) for p in self._paths)
+        n += sum(p.numel() for s in self.stitches for p in s.parameters())
+        return n + (sum(p.numel() for p in self.gate.parameters()) if self.gate is not None else 0)
+
+
+@dataclass
+class FitTexts:
+    """The training texts views fit on: per task name, ``(prompt, answer)`` pairs
+    (:meth:`~evomerge.items.ItemSet.answered`), and the tokenizer both architectures share (the prompt
+    encoded as the scorers encode it, the answer without special tokens). Token rows are computed once
+    per (model, layer, task, count) and reused by every candidate."""
+
+    pairs: Mapping[str, Sequence[tuple[str, str]]]
+    tokenizer: Any
+    batch_size: int = 128
+    _rows: dict[tuple[str, str, str, int], Tensor] = field(default_factory=dict, repr=False)
+
+    def take(self, task: str, n: int) -> list[tuple[str, str]]:
+        return list(self.pairs[task][:n])
+
+    def batches(self, task: str, n: int) -> list[tuple[dict[str, Tensor], Tensor]]:
+        """Left-padded model inputs of the first ``n`` texts of ``task``, and per row which positions
+        predict an answer token (``(B, T)`` boolean)."""
+        out = []
+        pairs = self.take(task, n)
+        for start in range(0, len(pairs), self.batch_size):
+            chunk = pairs[start : start + self.batch_size]
+            encoded = [(self.tokenizer.encode(p), self.tokenizer.encode(a, add_special_tokens=False)) for p, a in chunk]
+            width = max(len(p) + len(a) for p, a in encoded)
+            ids = torch.full((len(chunk), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            answer = torch.zeros_like(ids, dtype=torch.bool)
+            for r, (p, a) in enumerate(encoded):
+                ids[r, width - len(p) - len(a) :] = torch.tensor(p + a)
+                mask[r, width - len(p) - len(a) :] = 1
+                answer[r, width - len(a) - 1 : width - 1] = True  # the positions whose next token is the answer's
+            out.append((model_inputs(ids, mask, None), answer))
+        return out
+
+    @torch.no_grad()
+    def rows(self, name: str, adapter: HFAdapter, layer: str, task: str, n: int) -> Tensor:
+        """``layer``'s hidden state at every real token of the first ``n`` texts of ``task``: ``(N, d)``."""
+        key = (name, layer, task, n)
+        if key not in self._rows:
+            parts = [adapter.forward_to(dict(x), layer)[x["attention_mask"].bool()] for x, _ in self.batches(task, n)]
+            self._rows[key] = torch.cat(parts).float()
+        return self._rows[key]
+
+
+def fit_path(aligner: Aligner, trunk: tuple[str, HFAdapter], layer_a: str, branch: tuple[str, HFAdapter],
+             layer_b: str, fit: FitTexts, conditions: Sequence[tuple[str, Sequence[str], int]]) -> PerToken:
+    """The branch's map: ``aligner`` fitted on paired token rows, one condition per ``(name, tasks, n per task)``."""
+    pairs = [ConditionPair(torch.cat([fit.rows(*trunk, layer_a, t, n) for t in tasks]),
+                           torch.cat([fit.rows(*branch, layer_b, t, n) for t in tasks]), 1.0, name)
+             for name, tasks, n in conditions]
+    aligner.fit(pairs, kinds=("vector", "vector"))
+    return PerToken(aligner.as_module(None))
+
+
+@torch.no_grad()
+def fit_router(model: StitchedLM, fit: FitTexts, tasks: Sequence[str], n: int, epochs: int, seed: int) -> nn.Module:
+    """The learned gate, fitted by maximum mixture likelihood (:func:`~evomerge.core.gate.fit_gate`) on the
+    answer tokens of the first ``n`` training texts of each task."""
+    feats, probs, labels = [], [], []
+    for task in tasks:
+        for inputs, answer in fit.batches(task, n):
+            p, hidden = model.path_outputs(inputs)
+            feats.append(model.gate_features(p, hidden)[answer])
+            probs.append(p[:, answer])
+            labels.append(inputs["input_ids"][:, 1:][answer[:, :-1]])
+    return fit_gate(torch.cat(feats), torch.cat(probs, dim=1), torch.cat(labels), model.weights, epochs=epochs, seed=seed)
+
+
+def block_names(config: Mapping[str, Any]) -> list[str]:
+    """The block names :class:`~evomerge.sources.adapters.HFAdapter` cuts a causal LM of ``config`` at
+    (``model.layers.0`` ..., ``transformer.h.0`` ...), read from a model built on the meta device."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = dict(config)
+    cfg = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg)
+    return HFAdapter.from_model(model).layer_names
+
+
+def stitch_view(recipe: StitchRecipe, models: Mapping[str, nn.Module], fit: FitTexts) -> StitchedLM:
+    """The :class:`StitchedLM` of a ``stitch`` recipe over resident causal LMs: each branch's aligner fitted
+    on token rows of its fit tasks' training texts, then, for ``routing: learned``, the router."""
+    from evomerge.core.align import make_aligner
+    from evomerge.recipe.merged import weight_for
+
+    tasks = list(fit.pairs)
+    trunk = (recipe.trunk, HFAdapter.from_model(models[recipe.trunk]))
+    paths = []
+    for br in recipe.branches:
+        branch = (br.model, HFAdapter.from_model(models[br.model]))
+        chosen = recipe.fit_tasks(br.fit, tasks)
+        per_task = max(1, br.fit.items // len(chosen))
+        conditions = ([(t, [t], per_task) for t in chosen] if br.fit.conditioning == "task"
+                      else [("all", chosen, per_task)])
+        aligner = make_aligner(br.aligner.name, center=br.aligner.center, seed=recipe.seed, **br.aligner.params)
+        stitch = fit_path(aligner, trunk, br.source_layer, branch, br.target_layer, fit, conditions)
+        paths.append(LMPath(branch[1], br.source_layer, stitch, br.target_layer, weight_for(br.weight, None)))
+    model = StitchedLM(trunk[1], weight_for(recipe.trunk_weight, None), paths, recipe.routing)
+    if recipe.gate.layer is not None:
+        model.gate_layer = recipe.gate.layer
+    if recipe.routing == "learned":
+        gate_tasks = [recipe.gate.task] if recipe.gate.task else tasks
+        model.gate = fit_router(model, fit, gate_tasks, max(1, recipe.gate.items // len(gate_tasks)),
+                                recipe.gate.epochs, recipe.seed)
+    return model.eval()
