@@ -26,3 +26,15 @@ def tiny_zoo(_private_cache: None):
     zoo = Zoo(seed=0, specs=tiny_specs())
     zoo.build(workers=1)
     return zoo
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory: pytest.TempPathFactory):
+    """The LM family in miniature (``tiny_family``: four Llama fine-tunes of a base and a GPT-2), built in
+    seconds; ``trained`` holds the training seconds of each model."""
+    from evomerge.zoo.lm.catalog import LMZoo
+    from evomerge.zoo.lm.family import tiny_family
+
+    zoo = LMZoo(seed=0, cache_dir_=tmp_path_factory.mktemp("lmcache"), spec=tiny_family())
+    zoo.trained = zoo.build(workers=1)
+    return zoo

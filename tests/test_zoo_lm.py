@@ -18,12 +18,8 @@ from evomerge.zoo.lm.family import BASE, tiny_family, train_member
 from evomerge.zoo.lm.skills import SKILLS, generate, training_text
 
 
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory):
-    zoo = LMZoo(seed=0, cache_dir_=tmp_path_factory.mktemp("lmcache"), spec=tiny_family())
-    trained = zoo.build(workers=1)
-    assert set(trained) == set(zoo.ids()) == {"lm-base", "lm-reverse", "lm-sort", "lm-count", "lm-compare", "lm-gpt2"}
-    return zoo
+def test_the_family_builds_every_member(tiny_lm):
+    assert set(tiny_lm.trained) == set(tiny_lm.ids()) == {"lm-base", "lm-reverse", "lm-sort", "lm-count", "lm-compare", "lm-gpt2"}
 
 
 def test_models_are_hugging_face_folders_with_the_character_tokenizer(tiny_lm):

@@ -22,6 +22,7 @@ PROCESSOR_FILE = "preprocessor_config.json"
 #: The transformers auto class for an architecture, by the ending of its name; any other: ``AutoModel``.
 AUTO_CLASSES = (
     ("ForCausalLM", "AutoModelForCausalLM"),
+    ("LMHeadModel", "AutoModelForCausalLM"),  # GPT-2's GPT2LMHeadModel, GPT-J's, CodeGen's ...
     ("ForSequenceClassification", "AutoModelForSequenceClassification"),
     ("ForImageClassification", "AutoModelForImageClassification"),
 )
