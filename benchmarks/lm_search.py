@@ -1,29 +1,38 @@
 """Search engines against hand recipes on the built-in language-model family (issue 13, item 4).
 
-Space: ``search_spaces/lm_skills.yaml`` (layer-wise merges of the four skill fine-tunes; its
-multi-objective genes unchanged, objective: mean validation accuracy). For each engine (DEAP GA,
-DEAP NSGA-II, Optuna TPE, Optuna CMA-ES, random search) and seed, one search of ``--budget``
-evaluations runs through the project's runner (``run_search``, one in-process worker), the curve
-read at a quarter, half and all of the budget as in ``benchmarks/search.py`` (whose ``Scorer`` and
-``search_row`` this reuses): the best-so-far validation accuracy and the test accuracy of that
-candidate (every skill's 1,000 test items).
+Spaces (``--space``): ``search_spaces/lm_skills.yaml`` (layer-wise merges of the four Llama skill
+fine-tunes) and ``search_spaces/lm_cross_arch.yaml`` (the Llama base stitched to the family's GPT-2);
+their genes unchanged, objective: mean validation accuracy. For each engine (DEAP GA, DEAP NSGA-II,
+Optuna TPE, Optuna CMA-ES, random search) and seed, one search of ``--budget`` evaluations runs
+through the project's runner (``run_search``, one in-process worker), the curve read at a quarter,
+half and all of the budget as in ``benchmarks/search.py`` (whose ``Scorer`` and ``search_row`` this
+reuses): the best-so-far validation accuracy and the test accuracy of that candidate (every skill's
+test items).
 
 To fit 2 cores, every search and hand recipe is selected on the first ``--val-items`` validation
 items of each skill (default 250 of 1,000; the benchmark writes those item files into its work
-folder); test figures always use all 1,000 test items per skill.
+folder); test figures use the first ``--test-items`` test items per skill (default all 1,000).
 
-Hand recipes (the same layer-wise template, every cell one value): each method at its papers'
+lm_skills hand recipes (the same layer-wise template, every cell one value): each method at its papers'
 defaults (task arithmetic lambda = 1, TIES density 0.2 lambda 1, DARE p = 0.9 lambda 1, TSV-M
 alpha 1 with the default rank 1/T), and the best single-coefficient recipe tuned on validation
 (task arithmetic and TIES at density 0.2 over lambda in ``TUNE_LAMBDAS``); the base alone
-(task arithmetic at lambda 0) and each fine-tune on its own skill are references.
+(task arithmetic at lambda 0) and each fine-tune on its own skill are references. Normalized
+accuracy (TSV paper, after Ilharco et al. 2023): per skill, test accuracy / the skill's fine-tune's
+test accuracy, averaged over skills.
 
-Normalized accuracy (TSV paper, after Ilharco et al. 2023): per skill, test accuracy / the skill's
-fine-tune's test accuracy, averaged over skills. ``random_sd`` is random search's standard
-deviation over seeds. ``lm_cross_arch`` (two architectures stitched) is not built yet: its key is absent.
+lm_cross_arch references: each source alone, and their output ensemble (both models whole, next-token
+distributions mixed 1:1, and with the learned router); hand stitches: ridge (its default alpha),
+task-conditioned, learned router, at each of the 12 stitch points, the validation-best point kept
+(``hand_tuned``); at that point every other aligner with the learned router and ridge with fixed
+(mixture, trunk weight 1) and confidence routing. Normalized accuracy: per skill, test accuracy / the
+better source's, averaged over the seven skills (the stitch's aim: each architecture's skills in one model).
 
-Run: ``OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1 python benchmarks/lm_search.py`` (the LM family built first:
-``evomerge zoo build --family lm``).
+``random_sd`` is random search's standard deviation over seeds. A run with one ``--space`` keeps the
+other space's rows and summary already in the results file.
+
+Run: ``OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1 python benchmarks/lm_search.py [--space lm_cross_arch]``
+(the LM family built first: ``evomerge zoo build --family lm``).
 """
 
 from __future__ import annotations
@@ -50,7 +59,7 @@ from evomerge.zoo.lm.catalog import LMZoo  # noqa: E402
 from evomerge.zoo.lm.family import model_id  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SPACE = ROOT / "search_spaces" / "lm_skills.yaml"
+SPACES = {name: ROOT / "search_spaces" / f"{name}.yaml" for name in ("lm_skills", "lm_cross_arch")}
 WORK = ROOT / "runs" / "lm_search"
 OUT = ROOT / "benchmarks" / "results" / "lm_search.json"
 COMMAND = "OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1 python benchmarks/lm_search.py"
@@ -67,15 +76,18 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 Row = dict[str, Any]
 
 
-def subset_space(space: SearchSpace, n_val: int) -> SearchSpace:
-    """``space`` with each item file cut to its first ``n_val`` validation items (all test items kept)."""
+def subset_space(space: SearchSpace, n_val: int, n_test: int | None = None) -> SearchSpace:
+    """``space`` with each item file cut to its first ``n_val`` validation items and ``n_test`` test items
+    (None: all; training items kept)."""
     WORK.mkdir(parents=True, exist_ok=True)
     tasks = []
     for t in space.model_dump(mode="json")["tasks"]:
         lines = Path(t["items"]).read_text().splitlines()
-        val = [ln for ln in lines if json.loads(ln)["split"] == "val"][:n_val]
-        cut = WORK / f"{t['name']}-val{n_val}.jsonl"
-        cut.write_text("\n".join(val + [ln for ln in lines if json.loads(ln)["split"] != "val"]) + "\n")
+        split = [json.loads(ln)["split"] for ln in lines]
+        val = [ln for ln, s in zip(lines, split) if s == "val"][:n_val]
+        test = [ln for ln, s in zip(lines, split) if s == "test"][:n_test]
+        cut = WORK / f"{space.name}-{t['name']}-val{n_val}-test{n_test or 'all'}.jsonl"
+        cut.write_text("\n".join(val + test + [ln for ln, s in zip(lines, split) if s == "train"]) + "\n")
         tasks.append({**t, "items": str(cut)})
     return with_overrides(space, tasks=tasks, objectives=ACCURACY_ONLY)
 
@@ -93,7 +105,7 @@ def uniform(space: SearchSpace, genome: dict[str, Any]) -> dict:
 
 
 class LMRows:
-    """Rows with per-skill test accuracies and their normalized figure."""
+    """Rows with per-skill test accuracies and their normalized figure (``own``: each skill's denominator)."""
 
     def __init__(self, space: SearchSpace, scorer: Scorer, own: dict[str, float]):
         self.space, self.scorer, self.own = space, scorer, own
@@ -105,7 +117,25 @@ class LMRows:
         val, test = self.scorer.scores(recipe)
         return {"space": self.space.name, "kind": kind, "name": name, "recipe": recipe,
                 "val_accuracy": val["accuracy/mean"], "test_accuracy": test["accuracy/mean"],
-                "per_skill": {s: test[f"accuracy/{s}"] for s in self.own}, "normalized": self.normalized(test)}
+                "per_skill": {s: test[f"accuracy/{s}"] for s in self.own}, "normalized": self.normalized(test),
+                "added_params": int(test["added_params"])}
+
+    def module_row(self, name: str, module: torch.nn.Module, added_params: int) -> Row:
+        """A reference built outside the recipe kinds (a source alone, an ensemble), scored by the tasks'
+        scorers on every validation (the benchmark's cut) and test item."""
+        from evomerge.items import make_scorer
+        from evomerge.zoo.lm.tokenizer import char_tokenizer
+
+        acc: dict[str, dict[str, float]] = {"val": {}, "test": {}}
+        for t in self.space.tasks:
+            for split in acc:
+                items = t.item_set.split(split)
+                result = make_scorer(items).score(module, items, tokenizer=char_tokenizer(), batch_size=128)
+                acc[split][t.name] = float(result.correct[t.metric].mean())
+        test = {f"accuracy/{k}": v for k, v in acc["test"].items()}
+        return {"space": self.space.name, "kind": "reference", "name": name, "val_accuracy": statistics.fmean(acc["val"].values()),
+                "test_accuracy": statistics.fmean(acc["test"].values()), "per_skill": acc["test"],
+                "normalized": self.normalized(test), "added_params": added_params}
 
 
 def hand_rows(lm: LMRows) -> list[Row]:
@@ -120,31 +150,91 @@ def hand_rows(lm: LMRows) -> list[Row]:
     return rows
 
 
+#: lm_cross_arch's hand grid: every stitch point of its genes, ridge at its default alpha, task-conditioned, learned router.
+CROSS_HAND = {"aligner": "ridge", "ridge_alpha": 1.0, "lowrank_rank": 8, "cca_k": 8, "center": "condition",
+              "conditioning": "task", "routing": "learned", "trunk_weight": 1.0}
+
+
+def stitch(space: SearchSpace, **genes: Any) -> dict:
+    """The space's stitch recipe for these genes (over :data:`CROSS_HAND`), its aligner at the library's defaults."""
+    recipe = decode(space, {**CROSS_HAND, **genes})
+    recipe["branches"][0]["aligner"]["params"] = {}
+    return recipe
+
+
+def cross_arch_rows(space: SearchSpace, scorer: Scorer) -> tuple[LMRows, list[Row]]:
+    """lm_cross_arch's references (each source, their ensemble) and hand stitches (see the module docstring)."""
+    from transformers import AutoModelForCausalLM
+
+    from evomerge.recipe.stitch_view import FitTexts, LMPath, StitchedLM, fit_router
+    from evomerge.sources.adapters import HFAdapter
+    from evomerge.zoo.lm.tokenizer import char_tokenizer
+
+    models = {name: AutoModelForCausalLM.from_pretrained(src.path).eval() for name, src in space.sources.items()}
+    trunk, (branch,) = space.recipe["trunk"], [b["model"] for b in space.recipe["branches"]]
+    tasks = {t.name: t for t in space.tasks}
+    no_norm = LMRows(space, scorer, dict.fromkeys(tasks, 1.0))
+    alone = {m: no_norm.module_row(f"{m} alone", models[m], 0) for m in models}
+    own = {t: max(alone[m]["per_skill"][t] for m in models) for t in tasks}
+    lm = LMRows(space, scorer, own)
+    rows = [{**r, "normalized": lm.normalized({f"accuracy/{k}": v for k, v in r["per_skill"].items()})} for r in alone.values()]
+    a, b = HFAdapter.from_model(models[trunk]), HFAdapter.from_model(models[branch])
+    ensemble = StitchedLM(a, 1.0, [LMPath(b, None, None, None, 1.0)])
+    whole = sum(p.numel() for p in models[branch].parameters())
+    rows.append(lm.module_row("ensemble of both (mixture 1:1)", ensemble, whole))
+    routed = StitchedLM(a, 1.0, [LMPath(b, None, None, None, 1.0)], routing="learned")
+    fit = FitTexts({n: t.item_set.split("train").answered() for n, t in tasks.items()}, char_tokenizer())
+    gate = space.recipe["gate"]
+    routed.gate = fit_router(routed, fit, list(tasks), gate["items"] // len(tasks), gate["epochs"], space.seed)
+    rows.append(lm.module_row("ensemble of both (learned router)", routed, whole + sum(p.numel() for p in routed.gate.parameters())))
+    genes = {g.name: g for g in space.genes}
+    grid = []
+    for src in genes["source_layer"].choices:
+        for dst in genes["target_layer"].choices:
+            recipe = stitch(space, source_layer=src, target_layer=dst)
+            grid.append((scorer.val.evaluate("grid", recipe).objectives["accuracy/mean"], src, dst, recipe))
+    _, src, dst, best = max(grid, key=lambda g: g[0])
+    rows.append({**lm.hand(f"ridge {src}->{dst} task-conditioned, learned router", best), "kind": "hand_tuned",
+                 "grid_val": [{"source_layer": g[1], "target_layer": g[2], "val_accuracy": g[0]} for g in grid]})
+    for aligner in ("lowrank", "cca", "procrustes"):
+        recipe = stitch(space, aligner=aligner, source_layer=src, target_layer=dst)
+        rows.append(lm.hand(f"{aligner} {src}->{dst} task-conditioned, learned router", recipe))
+    for routing in ("mixture", "confidence"):
+        recipe = stitch(space, routing=routing, source_layer=src, target_layer=dst)
+        rows.append(lm.hand(f"ridge {src}->{dst} task-conditioned, {routing} w=1", recipe))
+    return lm, rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--space", choices=list(SPACES), default="lm_skills")
     p.add_argument("--budget", type=int, default=24, help="evaluations per search")
     p.add_argument("--seeds", type=int, default=3, help="seeds per engine (0..N-1)")
     p.add_argument("--val-items", type=int, default=250, help="validation items per skill for selection")
+    p.add_argument("--test-items", type=int, default=None, help="test items per skill for the figures (default: all 1,000)")
     p.add_argument("--engines", nargs="+", default=ENGINES, choices=ENGINES)
     args = p.parse_args()
     command = COMMAND + "".join(f" --{k.replace('_', '-')} {v}" for k, v, d in
-                                (("budget", args.budget, 24), ("seeds", args.seeds, 3), ("val_items", args.val_items, 250))
-                                if v != d)
+                                (("space", args.space, "lm_skills"), ("budget", args.budget, 24), ("seeds", args.seeds, 3),
+                                 ("val_items", args.val_items, 250), ("test_items", args.test_items, None)) if v != d)
     if args.engines != ENGINES:
         command += " --engines " + " ".join(args.engines)
     start = time.perf_counter()
-    space = subset_space(load_space(SPACE, known_models()), args.val_items)
-    zoo = LMZoo(seed=space.zoo.seed)
-    own = {t.name: zoo.record(model_id(t.name))["skills"][t.name]["test"] for t in space.tasks}
+    space = subset_space(load_space(SPACES[args.space], known_models()), args.val_items, args.test_items)
     scorer = Scorer(space)
-    lm = LMRows(space, scorer, own)
-    rows = [{"space": space.name, "kind": "reference", "name": "fine-tunes, each on its own skill",
-             "test_accuracy": statistics.fmean(own.values()), "per_skill": own, "normalized": 1.0}]
-    rows += hand_rows(lm)
+    if args.space == "lm_skills":
+        zoo = LMZoo(seed=space.zoo.seed)
+        own = {t.name: zoo.record(model_id(t.name))["skills"][t.name]["test"] for t in space.tasks}
+        lm = LMRows(space, scorer, own)
+        rows = [{"space": space.name, "kind": "reference", "name": "fine-tunes, each on its own skill",
+                 "test_accuracy": statistics.fmean(own.values()), "per_skill": own, "normalized": 1.0}]
+        rows += hand_rows(lm)
+    else:
+        lm, rows = cross_arch_rows(space, scorer)
     print(f"[{time.perf_counter() - start:6.0f}s] hand recipes done", flush=True)
     for engine in args.engines:
         for seed in range(args.seeds):
-            run = WORK / f"{engine}-{seed}"
+            run = WORK / space.name / f"{engine}-{seed}"
             row = search_row(space, scorer, engine, seed, args.budget, run)
             recipes = {r["id"]: r["recipe"] for r in RunFolder(run).read_evaluations()}  # read once per run
             for c in row["curve"]:
@@ -154,9 +244,14 @@ def main() -> None:
                   f"normalized {row['curve'][-1]['normalized']:.4f}", flush=True)
     summary = summarize(rows, args)
     summary["wall_s"] = round(time.perf_counter() - start, 1)
-    print_table(rows)
+    print_table(space.name, rows)
+    previous = json.loads(OUT.read_text()) if OUT.is_file() else {"rows": [], "summary": {}, "command": {}}
+    commands = previous["command"] if isinstance(previous["command"], dict) else {"lm_skills": previous["command"]}
+    result = {"benchmark": "lm_search", "command": {**commands, space.name: command},
+              "rows": [r for r in previous["rows"] if r.get("space", "lm_skills") != space.name] + rows,
+              "summary": {**previous["summary"], space.name: summary}}
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({"benchmark": "lm_search", "command": command, "rows": rows, "summary": summary}, indent=1) + "\n")
+    OUT.write_text(json.dumps(result, indent=1) + "\n")
     print(f"\nsummary: {json.dumps(summary, indent=1)}\nwrote {OUT.relative_to(ROOT)} in {summary['wall_s']:.0f}s")
 
 
@@ -168,9 +263,10 @@ def summarize(rows: list[Row], args: argparse.Namespace) -> dict[str, Any]:
     default = "optuna_tpe" if "optuna_tpe" in final else args.engines[0]
     rand = final.get("random", [])
     rand_sd = statistics.stdev(rand) if len(rand) > 1 else None
-    return {"lm_skills": {
+    refs = {r["name"]: r["normalized"] for r in rows if r["kind"] == "reference"}
+    return {
         "objective": "mean validation accuracy (first val_items per skill); figures: test, normalized",
-        "budget": args.budget, "seeds": list(range(args.seeds)), "val_items": args.val_items,
+        "budget": args.budget, "seeds": list(range(args.seeds)), "val_items": args.val_items, "test_items": args.test_items or 1000,
         "winner_engine": default,
         "winner_normalized": engine_norm.get(default),
         "winner_normalized_per_seed": final.get(default),
@@ -182,26 +278,27 @@ def summarize(rows: list[Row], args: argparse.Namespace) -> dict[str, Any]:
         "engine_normalized": engine_norm,
         "engines_beating_random_by_1sd": [e for e in args.engines if e != "random" and rand_sd is not None
                                           and engine_norm[e] is not None and engine_norm[e] > engine_norm["random"] + rand_sd],
-        "base_normalized": next(r["normalized"] for r in rows if r["name"].startswith("base alone")),
-    }}
+        "reference_normalized": refs,
+    }
 
 
-def print_table(rows: list[Row]) -> None:
+def print_table(name: str, rows: list[Row]) -> None:
     search = [r for r in rows if r["kind"] == "search"]
     points = [c["evaluations"] for c in search[0]["curve"]] if search else []
-    print("\n== lm_skills: best-so-far validation accuracy / test accuracy / normalized, mean±sd over seeds ==")
+    print(f"\n== {name}: best-so-far validation accuracy / test accuracy / normalized, mean±sd over seeds ==")
     for e in dict.fromkeys(r["engine"] for r in search):
         runs = [r for r in search if r["engine"] == e]
         cells = " | ".join(f"@{n}: {fmt([r['curve'][k]['val_accuracy'] for r in runs])} "
                            f"{fmt([r['curve'][k]['test_accuracy'] for r in runs])} {fmt([r['curve'][k]['normalized'] for r in runs])}"
                            for k, n in enumerate(points))
         print(f"{e:<13} {cells}")
-    print(f"\n{'hand recipe / reference':<40} | val    | test   | normalized | per skill (test)")
+    print(f"\n{'hand recipe / reference':<58} | val    | test   | normalized | added params | per skill (test)")
     for r in rows:
         if r["kind"] != "search":
             val = f"{r['val_accuracy']:.4f}" if "val_accuracy" in r else "  -   "
+            added = f"{r['added_params']:>12,}" if "added_params" in r else f"{'-':>12}"
             skills = " ".join(f"{s} {v:.3f}" for s, v in r["per_skill"].items())
-            print(f"{r['name']:<40} | {val} | {r['test_accuracy']:.4f} | {r['normalized']:.4f}     | {skills}")
+            print(f"{r['name']:<58} | {val} | {r['test_accuracy']:.4f} | {r['normalized']:.4f}     | {added} | {skills}")
 
 
 if __name__ == "__main__":
