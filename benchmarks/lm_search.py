@@ -105,13 +105,14 @@ def uniform(space: SearchSpace, genome: dict[str, Any]) -> dict:
 
 
 class LMRows:
-    """Rows with per-skill test accuracies and their normalized figure (``own``: each skill's denominator)."""
+    """Rows with per-skill test accuracies and their normalized figure (``own``: each skill's denominator;
+    a skill no reference answers at all is left out of it)."""
 
     def __init__(self, space: SearchSpace, scorer: Scorer, own: dict[str, float]):
         self.space, self.scorer, self.own = space, scorer, own
 
     def normalized(self, test: dict[str, float]) -> float:
-        return statistics.fmean(test[f"accuracy/{s}"] / self.own[s] for s in self.own)
+        return statistics.fmean(test[f"accuracy/{s}"] / self.own[s] for s in self.own if self.own[s] > 0)
 
     def hand(self, name: str, recipe: dict, kind: str = "hand") -> Row:
         val, test = self.scorer.scores(recipe)
