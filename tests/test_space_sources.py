@@ -106,6 +106,14 @@ def test_format_file_and_layerwise_recipe_load(tmp_path, models):
     assert sum(i.split == "val" for i in space.tasks[0].item_set) == 3
 
 
+def test_val_items_keeps_the_first_validation_items_and_every_test_item(tmp_path, models):
+    items = [json.dumps({**r, "split": "val" if i < 6 else "test"}) for i, r in enumerate(MC_ITEMS)]
+    space = load_space(write_space(tmp_path, models, lambda d: task(d, val_items=4), items))
+    mc = space.tasks[0].item_set
+    assert [i.fields["context"] for i in mc.split("val")] == [f"w{i} w{i + 1}" for i in range(4)]
+    assert len(mc.split("test")) == 4 and list(item_ids(space, "val")[("mc", "val")]) == list(mc.split("val").ids)
+
+
 def grid_recipe(d: dict, shape: list[int]) -> None:
     """A layer-wise grid over 2 groups x (attention, mlp) whose per-model weights are array gene ``w``."""
     d["recipe"] = {"kind": "layerwise", "base": "base", "models": ["ft0", "ft1"], "method": "task_arithmetic",
@@ -159,6 +167,7 @@ BAD = {
     "missing-format-file": (lambda d: task(d, format="nofmt.yaml"), "tasks[0].format", "an existing YAML file"),
     "metric": (lambda d: task(d, metric="exact_match"), "tasks[0].metric", "(acc, acc_norm)"),
     "val-fraction": (lambda d: task(d, val_fraction=2), "tasks[0].val_fraction", "less than or equal to 1"),
+    "val-items": (lambda d: task(d, val_items=0), "tasks[0].val_items", "greater than or equal to 1"),
 }
 
 

@@ -191,7 +191,7 @@ def tiny_cross_arch(tiny_lm, tmp_path, monkeypatch) -> Path:
     return path
 
 
-def test_the_shipped_cross_arch_space_searches_stitches_of_the_two_architectures(tiny_lm, tmp_path, monkeypatch):
+def test_the_shipped_cross_arch_space_searches_stitches_of_the_two_architectures(tiny_lm, tmp_path, monkeypatch, capsys):
     from evomerge.cli import main
     from evomerge.search.space import check_searchable, load_space
 
@@ -206,6 +206,8 @@ def test_the_shipped_cross_arch_space_searches_stitches_of_the_two_architectures
     assert all(r["objectives"]["added_params"] > 0 for r in rows)
     tasks = {json.loads(line)["task"] for line in (run / "responses.jsonl").read_text().splitlines()}
     assert tasks == set(tiny_lm.spec.all_skills())
+    assert main(["export", str(run), "--out", str(tmp_path / "export"), "--no-progress"]) == 2
+    assert "no single Hugging Face model holds it" in capsys.readouterr().err
 
 
 def test_the_unmodified_cross_arch_space_is_refused_on_the_tiny_family_naming_the_layer(tiny_lm, monkeypatch, capsys):

@@ -177,6 +177,12 @@ class StitchRecipe(RecipeKind):
     def view_params(self, module: nn.Module) -> int:
         """The trunk, the maps, the branches' tails and the router (:meth:`~evomerge.recipe.stitch_view.StitchedLM.num_params`)."""
         return module.num_params()
+
+    def plan(self, source: str, out_dtype: torch.dtype | None, compute_dtype: torch.dtype,
+             keep_embeddings_from: str | None) -> MergePlan:  # fmt: skip
+        raise UserError(f"{source}: a stitch runs models of different architectures side by side (a trunk, maps, "
+                        "other models' tails, a router); no single Hugging Face model holds it, so it is not "
+                        "merged into a folder: its figures are the run's (summary.json)")
 class MassSpec(Strict):
     """MASS routing (Crisostomi et al. 2025) over the tasks' subspaces at the Linear ``layer``.
 
