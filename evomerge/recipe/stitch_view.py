@@ -102,9 +102,7 @@ class StitchedLM(nn.Module):
         self.gate_layer = trunk.layer_names[-1]
         self.gate: nn.Module | None = None
         self.config = copy.deepcopy(trunk.module.config)
-        lengths = [getattr(m.module.config, "max_position_embeddings", None) or getattr(m.module.config, "n_positions")
-                   for m in [trunk, *(p.model for p in paths)]]
-        self.config.max_position_embeddings = min(lengths)
+        self.config.max_position_embeddings = min(m.module.config.max_position_embeddings for m in [trunk, *(p.model for p in paths)])
         self.eos_token_id = trunk.module.config.eos_token_id
 
     @property
