@@ -115,6 +115,19 @@ def test_with_the_branch_weighted_zero_the_scorers_give_the_trunks_answers(tiny_
             assert [o.text for o in ours.outputs] == [o.text for o in theirs.outputs]
 
 
+def test_greedy_generation_with_key_value_caches_equals_it_without(residents, fit):
+    """Every model run keeps its cache (the branch's through its hook): the same tokens as recomputing the
+    whole sequence at each step, for a stitch that routes both paths."""
+    from transformers import StoppingCriteriaList
+
+    view = recipe(routing="learned", branch={"source_layer": "model.layers.1", "target_layer": "transformer.h.0"}).view(residents, fit)
+    _, ids, mask = left_padded(["reverse abcd: ", "upper ab: ", "shift hgfe: ", "sort cab: "])
+    cached = view.generate(ids, mask, max_length=ids.shape[1] + 8, stopping_criteria=StoppingCriteriaList(), pad_token_id=0)
+    whole = view.generate(ids, mask, max_length=ids.shape[1] + 8, stopping_criteria=StoppingCriteriaList(), pad_token_id=0,
+                          use_cache=False)
+    assert cached.shape[1] > ids.shape[1] and torch.equal(cached, whole)
+
+
 def test_params_count_the_trunk_the_branch_tail_the_map_and_the_router(residents, fit):
     gpt2 = residents["lm-gpt2"]
     r = recipe(routing="learned", branch={"target_layer": "transformer.h.0"})

@@ -14,9 +14,9 @@ time, which a causal LM is not given: a view reads a ``weight`` mapping's ``defa
 
 The module is a causal LM for evomerge's scorers: ``forward(input_ids, attention_mask, position_ids)``
 returns ``logits`` (the log of the routed mixture) and :meth:`StitchedLM.generate` decodes greedily
-with the scorers' stopping criteria. It keeps no key/value cache: each decoding step runs the whole
-sequence (these are short items), and a branch runs its front blocks too, discarded, because
-:class:`~evomerge.sources.adapters.HFAdapter` cuts a Hugging Face model with a hook on its full forward.
+with the scorers' stopping criteria, each model run keeping a key/value cache. A branch runs its front
+blocks too, discarded, because :class:`~evomerge.sources.adapters.HFAdapter` cuts a Hugging Face model
+with a hook on its full forward.
 The source models are only read; any number of views leaves them as they were.
 """
 
@@ -109,24 +109,37 @@ class StitchedLM(nn.Module):
     def weights(self) -> Tensor:
         return torch.tensor([self.trunk_weight, *(p.weight for p in self._paths)])
 
-    def path_outputs(self, inputs: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+    def path_outputs(self, inputs: Mapping[str, Tensor], caches: Sequence[Any] | None = None) -> tuple[Tensor, Tensor]:
         """Every path's next-token probabilities ``(K, B, T, V)`` (the trunk's own first) and the trunk's
-        hidden state at the gate layer ``(B, T, d)``."""
+        hidden state at the gate layer ``(B, T, d)``. ``caches``: one key/value cache per model run (the
+        trunk's, then each path's), updated in place; ``inputs`` then hold only the new tokens' ids and
+        positions (and the whole attention mask)."""
+        def given(k: int) -> dict[str, Any]:
+            return dict(inputs) | ({"cache": caches[k], "use_cache": True} if caches is not None else {})
+
         needed = {p.source_layer for p in self._paths if p.stitch is not None} | {self.gate_layer}
         acts: dict[str, Tensor] = {}
         hooks = [self._trunk.layer_module(n).register_forward_hook(
             lambda _m, _i, out, n=n: acts.__setitem__(n, out[0] if isinstance(out, tuple) else out)) for n in needed]
         try:
-            logits = [self._trunk(dict(inputs))]
+            logits = [self._trunk(given(0))]
         finally:
             for h in hooks:
                 h.remove()
-        for p in self._paths:
+        for k, p in enumerate(self._paths, start=1):
             if p.stitch is None:
-                logits.append(p.model(dict(inputs)))
+                logits.append(p.model(given(k)))
             else:
-                logits.append(p.model.forward_from(p.stitch(acts[p.source_layer]), p.target_layer, dict(inputs)))
+                logits.append(p.model.forward_from(p.stitch(acts[p.source_layer]), p.target_layer, given(k)))
         return torch.stack([torch.softmax(z.float(), dim=-1) for z in logits]), acts[self.gate_layer]
+
+    def _routed(self, probs: Tensor, hidden: Tensor) -> Tensor:
+        gate = None
+        if self.routing == "learned":
+            if self.gate is None:
+                raise RuntimeError("routing 'learned' needs a fitted gate")
+            gate = torch.softmax(self.gate(self.gate_features(probs, hidden)), dim=-1)
+        return route(probs, self.weights.to(probs), self.routing, gate)
 
     @staticmethod
     def gate_features(probs: Tensor, hidden: Tensor) -> Tensor:
@@ -140,30 +153,37 @@ class StitchedLM(nn.Module):
         probs, hidden = self.path_outputs(model_inputs(input_ids, attention_mask, position_ids))
         if logits_to_keep:
             probs, hidden = probs[:, :, -logits_to_keep:], hidden[:, -logits_to_keep:]
-        gate = None
-        if self.routing == "learned":
-            if self.gate is None:
-                raise RuntimeError("routing 'learned' needs a fitted gate")
-            gate = torch.softmax(self.gate(self.gate_features(probs, hidden)), dim=-1)
-        return CausalLMOutput(logits=route(probs, self.weights.to(probs), self.routing, gate))
+        return CausalLMOutput(logits=self._routed(probs, hidden))
 
     @torch.no_grad()
     def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, max_length: int = 20,
                  stopping_criteria: Any = None, pad_token_id: int | None = None, do_sample: bool = False,
-                 use_cache: bool | None = None) -> Tensor:
+                 use_cache: bool = True) -> Tensor:
         """Greedy decoding as ``transformers``' ``generate`` does it with ``do_sample=False``: a row ends at
-        EOS or when ``stopping_criteria`` says so, and is padded with ``pad_token_id`` from then on."""
+        EOS or when ``stopping_criteria`` says so, and is padded with ``pad_token_id`` from then on.
+
+        ``use_cache``: every model run (the trunk, each branch's tail through its hook) keeps a key/value
+        cache, so a step runs only the new token; a branch's cache after its ``target_layer`` holds the
+        keys and values of the mapped states. Without it each step runs the whole sequence (same tokens)."""
+        from transformers import DynamicCache
+
         if do_sample:
             raise ValueError("a stitched LM decodes greedily only")
         ids = input_ids
         mask = torch.ones_like(ids) if attention_mask is None else attention_mask
         pad = self.eos_token_id if pad_token_id is None else pad_token_id
         done = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
+        caches = [DynamicCache() for _ in range(1 + len(self._paths))] if use_cache else None
+        step = model_inputs(ids, mask, None)
         while ids.shape[1] < max_length and not bool(done.all()):
-            nxt = self(ids, mask, logits_to_keep=1).logits[:, -1].argmax(-1)
+            if caches is None:
+                step = model_inputs(ids, mask, None)
+            probs, hidden = self.path_outputs(step, caches)
+            nxt = self._routed(probs[:, :, -1:], hidden[:, -1:])[:, -1].argmax(-1)
             nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
             ids = torch.cat([ids, nxt[:, None]], dim=1)
             mask = torch.cat([mask, (~done).long()[:, None]], dim=1)
+            step = {"input_ids": nxt[:, None], "attention_mask": mask, "position_ids": step["position_ids"][:, -1:] + 1}
             done |= nxt == self.eos_token_id
             if stopping_criteria is not None:
                 done |= stopping_criteria(ids, None)
