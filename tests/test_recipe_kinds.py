@@ -126,7 +126,8 @@ def test_a_kind_says_how_it_cannot_be_built():
     examples = [TestLayerwise, TestWeights, TestStack, TestStitch]
     assert [parse_recipe(t.example).in_place for t in examples] == [True, True, False, False]
     assert not parse_recipe({**TestWeights.example, "mass": {"enabled": True, "layer": "l"}}).in_place
-    with pytest.raises(UserError, match="'stitch' cannot be streamed"):
+    assert [type(parse_recipe(t.example)).as_view for t in examples] == [False, False, True, True]
+    with pytest.raises(UserError, match="r.json: a stitch runs models of different architectures side by side"):
         parse_recipe(TestStitch.example).plan("r.json", None, torch.float32, None)
     with pytest.raises(UserError, match="'stack' is not built from zoo models"):
         parse_recipe(TestStack.example).build(None, None, False)
