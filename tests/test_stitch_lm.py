@@ -140,6 +140,13 @@ def test_params_count_the_trunk_the_branch_tail_the_map_and_the_router(residents
     assert r.view_params(view) == total(residents["lm-base"]) + tail + d * d + d + gate
 
 
+def test_tasks_without_training_items_are_left_out_of_the_fit(residents, fit):
+    partial = FitTexts({**{t: fit.pairs[t] for t in ("reverse", "upper")}, "nothing": []}, fit.tokenizer)
+    assert list(partial.pairs) == ["reverse", "upper"]
+    view = recipe(routing="learned", branch={"fit": {"items": 60, "conditioning": "task"}}).view(residents, partial)
+    assert view(*left_padded(["upper ab: "])[1:]).logits.shape[-1] == residents["lm-base"].config.vocab_size
+
+
 def test_views_leave_the_resident_sources_unchanged_and_without_hooks(residents, fit):
     before = {m: {k: v.clone() for k, v in model.state_dict().items()} for m, model in residents.items()}
     for routing in ("mixture", "confidence", "learned"):

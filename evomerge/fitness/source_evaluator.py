@@ -120,7 +120,7 @@ class SourceEvaluator(CandidateEvaluator):
     def fit_texts(self, model: str) -> FitTexts:
         """Every task's training items as texts (:meth:`~evomerge.items.ItemSet.answered`) with ``model``'s
         tokenizer, made once: what a stitch's aligners and router fit on (a task without training items
-        gives none)."""
+        is left out)."""
         if self._fit is None:
             pairs = {name: t.item_set.split("train").answered() for name, t in self._specs.items()}
             self._fit = FitTexts(pairs, self.tokenizer(model), self.batch_size)

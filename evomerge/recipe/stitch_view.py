@@ -200,7 +200,7 @@ class StitchedLM(nn.Module):
 @dataclass
 class FitTexts:
     """The training texts views fit on: per task name, ``(prompt, answer)`` pairs
-    (:meth:`~evomerge.items.ItemSet.answered`), and the tokenizer both architectures share (the prompt
+    (:meth:`~evomerge.items.ItemSet.answered`; a task without any is left out), and the tokenizer both architectures share (the prompt
     encoded as the scorers encode it, the answer without special tokens). Token rows are computed once
     per (model, layer, task, count) and reused by every candidate."""
 
@@ -208,6 +208,9 @@ class FitTexts:
     tokenizer: Any
     batch_size: int = 128
     _rows: dict[tuple[str, str, str, int], Tensor] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.pairs = {task: pairs for task, pairs in self.pairs.items() if pairs}  # tasks without training items fit nothing
 
     def take(self, task: str, n: int) -> list[tuple[str, str]]:
         return list(self.pairs[task][:n])
