@@ -128,10 +128,12 @@ class LMRows:
         from evomerge.zoo.lm.tokenizer import char_tokenizer
 
         acc: dict[str, dict[str, float]] = {"val": {}, "test": {}}
+        tokenizer = char_tokenizer()
         for t in self.space.tasks:
+            scorer = make_scorer(t.item_set)
             for split in acc:
                 items = t.item_set.split(split)
-                result = make_scorer(items).score(module, items, tokenizer=char_tokenizer(), batch_size=128)
+                result = scorer.score(module, items, tokenizer=tokenizer, batch_size=128)
                 acc[split][t.name] = float(result.correct[t.metric].mean())
         test = {f"accuracy/{k}": v for k, v in acc["test"].items()}
         return {"space": self.space.name, "kind": "reference", "name": name, "val_accuracy": statistics.fmean(acc["val"].values()),
@@ -167,9 +169,8 @@ def cross_arch_rows(space: SearchSpace, scorer: Scorer) -> tuple[LMRows, list[Ro
     """lm_cross_arch's references (each source, their ensemble) and hand stitches (see the module docstring)."""
     from transformers import AutoModelForCausalLM
 
-    from evomerge.recipe.stitch_view import FitTexts, LMPath, StitchedLM, fit_router
+    from evomerge.recipe.stitch_view import LMPath, StitchedLM, fit_router
     from evomerge.sources.adapters import HFAdapter
-    from evomerge.zoo.lm.tokenizer import char_tokenizer
 
     models = {name: AutoModelForCausalLM.from_pretrained(src.path).eval() for name, src in space.sources.items()}
     trunk, (branch,) = space.recipe["trunk"], [b["model"] for b in space.recipe["branches"]]
@@ -184,7 +185,7 @@ def cross_arch_rows(space: SearchSpace, scorer: Scorer) -> tuple[LMRows, list[Ro
     whole = sum(p.numel() for p in models[branch].parameters())
     rows.append(lm.module_row("ensemble of both (mixture 1:1)", ensemble, whole))
     routed = StitchedLM(a, 1.0, [LMPath(b, None, None, None, 1.0)], routing="learned")
-    fit = FitTexts({n: t.item_set.split("train").answered() for n, t in tasks.items()}, char_tokenizer())
+    fit = scorer.val.fit_texts(trunk)  # the training texts the search's stitches fit on
     gate = space.recipe["gate"]
     routed.gate = fit_router(routed, fit, list(tasks), gate["items"] // len(tasks), gate["epochs"], space.seed)
     rows.append(lm.module_row("ensemble of both (learned router)", routed, whole + sum(p.numel() for p in routed.gate.parameters())))

@@ -68,7 +68,6 @@ class SourceEvaluator(CandidateEvaluator):
                 raise UserError(f"{t.items}: task '{t.name}' has no items in the {split} split")
             self.tasks[t.name] = ItemTask(t.name, items, make_scorer(t.item_set), t.metric)
         self.weights = {t.name: t.weight for t in space.tasks}
-        self._specs = {t.name: t for t in space.tasks}
         self._fit: FitTexts | None = None
         self.sources = dict(space.sources)
         self.batch_size = space.resources.batch_size
@@ -122,7 +121,7 @@ class SourceEvaluator(CandidateEvaluator):
         tokenizer, made once: what a stitch's aligners and router fit on (a task without training items
         is left out)."""
         if self._fit is None:
-            pairs = {name: t.item_set.split("train").answered() for name, t in self._specs.items()}
+            pairs = {t.name: t.item_set.split("train").answered() for t in self.space.tasks}
             self._fit = FitTexts(pairs, self.tokenizer(model), self.batch_size)
         return self._fit
 

@@ -23,6 +23,8 @@ The source models are only read; any number of views leaves them as they were.
 from __future__ import annotations
 
 import copy
+import functools
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -34,6 +36,7 @@ from transformers.modeling_outputs import CausalLMOutput
 from evomerge.core.align import ConditionPair
 from evomerge.core.align.base import Aligner
 from evomerge.core.gate import fit_gate, route
+from evomerge.items.scorers.lm import CausalLM
 from evomerge.sources.adapters import HFAdapter
 
 if TYPE_CHECKING:
@@ -201,38 +204,35 @@ class StitchedLM(nn.Module):
 class FitTexts:
     """The training texts views fit on: per task name, ``(prompt, answer)`` pairs
     (:meth:`~evomerge.items.ItemSet.answered`; a task without any is left out), and the tokenizer both architectures share (the prompt
-    encoded as the scorers encode it, the answer without special tokens). Token rows are computed once
-    per (model, layer, task, count) and reused by every candidate."""
+    encoded as the scorers encode it, the answer without special tokens). Batches are made once per
+    (task, count) and token rows once per (model, layer, task, count), reused by every candidate."""
 
     pairs: Mapping[str, Sequence[tuple[str, str]]]
     tokenizer: Any
     batch_size: int = 128
     _rows: dict[tuple[str, str, str, int], Tensor] = field(default_factory=dict, repr=False)
+    _batches: dict[tuple[str, int], list[tuple[dict[str, Tensor], Tensor]]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.pairs = {task: pairs for task, pairs in self.pairs.items() if pairs}  # tasks without training items fit nothing
 
-    def take(self, task: str, n: int) -> list[tuple[str, str]]:
-        return list(self.pairs[task][:n])
-
     def batches(self, task: str, n: int) -> list[tuple[dict[str, Tensor], Tensor]]:
-        """Left-padded model inputs of the first ``n`` texts of ``task``, and per row which positions
-        predict an answer token (``(B, T)`` boolean)."""
-        out = []
-        pairs = self.take(task, n)
-        for start in range(0, len(pairs), self.batch_size):
-            chunk = pairs[start : start + self.batch_size]
-            encoded = [(self.tokenizer.encode(p), self.tokenizer.encode(a, add_special_tokens=False)) for p, a in chunk]
-            width = max(len(p) + len(a) for p, a in encoded)
-            ids = torch.full((len(chunk), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            answer = torch.zeros_like(ids, dtype=torch.bool)
-            for r, (p, a) in enumerate(encoded):
-                ids[r, width - len(p) - len(a) :] = torch.tensor(p + a)
-                mask[r, width - len(p) - len(a) :] = 1
-                answer[r, width - len(a) - 1 : width - 1] = True  # the positions whose next token is the answer's
-            out.append((model_inputs(ids, mask, None), answer))
-        return out
+        """Left-padded model inputs of the first ``n`` texts of ``task`` (as the scorers pad them), and per
+        row which positions predict an answer token (``(B, T)`` boolean); made once per (task, count)."""
+        key = (task, n)
+        if key not in self._batches:
+            lm = CausalLM(None, self.tokenizer, torch.device("cpu"))
+            pairs = list(self.pairs[task][:n])
+            self._batches[key] = []
+            for start in range(0, len(pairs), self.batch_size):
+                chunk = pairs[start : start + self.batch_size]
+                encoded = [(self.tokenizer.encode(p), self.tokenizer.encode(a, add_special_tokens=False)) for p, a in chunk]
+                ids, mask = lm.left_padded([p + a for p, a in encoded])
+                answer = torch.zeros_like(ids, dtype=torch.bool)
+                for r, (_, a) in enumerate(encoded):
+                    answer[r, ids.shape[1] - len(a) - 1 : -1] = True  # the positions whose next token is the answer's
+                self._batches[key].append((model_inputs(ids, mask, None), answer))
+        return self._batches[key]
 
     @torch.no_grad()
     def rows(self, name: str, adapter: HFAdapter, layer: str, task: str, n: int) -> Tensor:
@@ -270,14 +270,20 @@ def fit_router(model: StitchedLM, fit: FitTexts, tasks: Sequence[str], n: int, e
 
 def block_names(config: Mapping[str, Any]) -> list[str]:
     """The block names :class:`~evomerge.sources.adapters.HFAdapter` cuts a causal LM of ``config`` at
-    (``model.layers.0`` ..., ``transformer.h.0`` ...), read from a model built on the meta device."""
+    (``model.layers.0`` ..., ``transformer.h.0`` ...), read from a model built on the meta device (once
+    per config: a search checks every sampled genome's layers)."""
+    return list(_block_names(json.dumps(dict(config), sort_keys=True, default=str)))
+
+
+@functools.lru_cache(maxsize=32)
+def _block_names(config_json: str) -> tuple[str, ...]:
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    cfg = dict(config)
+    cfg = json.loads(config_json)
     cfg = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg)
-    return HFAdapter.from_model(model).layer_names
+    return tuple(HFAdapter.from_model(model).layer_names)
 
 
 def stitch_view(recipe: StitchRecipe, models: Mapping[str, nn.Module], fit: FitTexts) -> StitchedLM:

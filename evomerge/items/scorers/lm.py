@@ -97,7 +97,8 @@ class CausalLM:
         """Whether the model takes and returns a key/value cache (Hugging Face causal LMs)."""
         return self._cache_arg is not None and {"use_cache", "position_ids"} <= self._forward_args and hasattr(self.model, "config")
 
-    def _left_padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def left_padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token id rows left-padded with :attr:`pad_token_id`, and their attention mask."""
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -115,7 +116,7 @@ class CausalLM:
         continuation has more than one token, the logits after each of ``conts[r][:-1]`` given
         context ``rows[r]`` ``(len(conts), max_len - 1, V)`` (right-padded).
         """
-        ids, mask = self._left_padded(contexts)
+        ids, mask = self.left_padded(contexts)
         args: dict[str, Any] = {"attention_mask": mask.to(self.device), "position_ids": (mask.cumsum(-1) - 1).clamp(min=0).to(self.device),
                                 "use_cache": True}
         if "logits_to_keep" in self._forward_args:
@@ -149,7 +150,7 @@ class CausalLM:
         Left padding with the attention mask and position ids equal to the unpadded ones, so each
         row's values are its own unpadded run's; only the kept positions go through the head.
         """
-        ids, mask = self._left_padded(rows)
+        ids, mask = self.left_padded(rows)
         kwargs: dict[str, Any] = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
         if "position_ids" in self._forward_args:
             kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(self.device)
