@@ -9,6 +9,15 @@ Defaults: average (equal weights); task arithmetic lambda = 1 (Ilharco et al. 20
 TIES density 0.2, lambda = 1 (Yadav et al. 2023); DARE drop rate 0.9 with rescaling, lambda = 1
 (Yu et al. 2024); TSV-M alpha = 1, rank 1/T of each matrix's (Gargiulo et al. 2025).
 
+MASS (Crisostomi et al. 2025) routes each prompt (a multiple-choice context alone) to the fine-tune
+whose update of the routing layer's weight explains the prompt's mean input to that layer best (top-1)
+and answers with the TSV-M merge of the selected fine-tunes (:mod:`evomerge.recipe.mass_view`). Its
+defaults here: the last block's attention query projection as the routing layer (the residual stream
+after all but one block), route rank 4, top-1, TSV-M alpha 1 at the default rank (a single selected
+task is its fine-tune). ``MASS tuned`` picks the routing layer and route rank from ``MASS_GRID`` on
+validation. Each MASS row also gives ``routed_own``: per skill, the share of its test items routed to
+its own fine-tune.
+
 Tuned rows (``<method> tuned``): each method's main coefficient chosen on the first ``--tune-items``
 validation items of every skill (mean accuracy) from ``TUNING`` (task arithmetic, TIES and DARE:
 lambda; TSV-M: alpha; average has none), then scored on test like the defaults.
@@ -44,6 +53,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "dare": {"p": 0.9, "lam": 1.0, "seed": 0},
     "tsv": {"alpha": 1.0},
 }
+#: MASS's routing at its defaults, and the grid its tuned row picks from ({block} counts from 0).
+MASS_DEFAULT = {"layer": "model.layers.{last}.self_attn.q_proj", "route_rank": 4, "top_k": 1}
+MASS_GRID = [{"layer": f"model.layers.{{{block}}}.{module}", "route_rank": r, "top_k": 1}
+             for block in ("mid", "last") for module in ("self_attn.q_proj", "mlp.gate_proj") for r in (4, 16)]
 #: The coefficient each tuned row searches, and its grid.
 TUNING: dict[str, tuple[str, tuple[float, ...]]] = {
     "task_arithmetic": ("lam", (0.2, 0.3, 0.4, 0.5, 0.7)),
@@ -120,7 +133,43 @@ def family_rows(seed: int, tune_items: int) -> list[dict[str, Any]]:
         scores = score_skills(model, char_tokenizer(), files, seed)
         rows.append({**row(f"{method} tuned", params, {s: v["test"] for s, v in scores.items()}),
                      "tuned": {coef: value, "val_accuracy": round(val_acc, 4), "grid": list(grid)}})
-    return rows
+    return rows + mass_rows(zoo, skills, files, seed, score_val, row)
+
+
+def mass_rows(zoo: LMZoo, skills: list[str], files: list[Any], seed: int, score_val: Any, row: Any) -> list[dict[str, Any]]:
+    """MASS at its defaults and tuned on validation over ``MASS_GRID`` (see the module docstring), each
+    with the share of every skill's test items routed to its own fine-tune."""
+    from transformers import LlamaForCausalLM
+
+    from evomerge.io.tensors import TensorSource
+    from evomerge.items import load_items
+    from evomerge.recipe.inplace import InPlaceBuilder
+    from evomerge.recipe.schema import parse_recipe
+
+    base_dir = zoo.model_dir(model_id(BASE))
+    model = LlamaForCausalLM.from_pretrained(str(base_dir), local_files_only=True).eval()
+    builder = InPlaceBuilder(model, TensorSource(base_dir), {s: TensorSource(zoo.model_dir(model_id(s))) for s in skills})
+    blocks = {"mid": model.config.num_hidden_layers // 2 - 1, "last": model.config.num_hidden_layers - 1}
+    tests = [[p for p, _ in load_items(f.path, f.format, seed=seed, name=f.skill).split("test").answered()] for f in files]
+
+    def view(routing: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        spec = {**routing, "layer": routing["layer"].format(**blocks)}
+        recipe = {"kind": "weights", "base": BASE, "models": skills, "method": "tsv", "params": {"alpha": 1.0},
+                  "mass": {"enabled": True, **spec}}
+        return parse_recipe(recipe).routed_view(builder), spec
+
+    def scored(name: str, routing: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+        module, spec = view(routing)
+        test = {s: v["test"] for s, v in score_skills(module, char_tokenizer(), files, seed).items()}
+        own = {s: round(statistics.fmean(r == (i,) for r in module.route_texts(t, char_tokenizer())), 4)
+               for i, (s, t) in enumerate(zip(skills, tests))}
+        return {**row(name, {"alpha": 1.0, "mass": spec}, test), "routed_own": own, **extra}
+
+    tried = [(score_val(view(r)[0]), r) for r in MASS_GRID]
+    val_acc, best = max(tried, key=lambda t: t[0])
+    grid = [{**view(r)[1], "val_accuracy": round(v, 4)} for v, r in tried]
+    return [scored("mass", MASS_DEFAULT, {}),
+            scored("mass tuned", best, {"tuned": {"val_accuracy": round(val_acc, 4), "grid": grid}})]
 
 
 def main() -> None:

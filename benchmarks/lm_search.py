@@ -15,7 +15,8 @@ folder); test figures use the first ``--test-items`` test items per skill (defau
 
 lm_skills hand recipes (the same layer-wise template, every cell one value): each method at its papers'
 defaults (task arithmetic lambda = 1, TIES density 0.2 lambda 1, DARE p = 0.9 lambda 1, TSV-M
-alpha 1 with the default rank 1/T), and the best single-coefficient recipe tuned on validation
+alpha 1 with the default rank 1/T; MASS routing on the last block's attention query input, route rank
+4, top-1, as ``benchmarks/lm_merging.py``'s MASS row), and the best single-coefficient recipe tuned on validation
 (task arithmetic and TIES at density 0.2 over lambda in ``TUNE_LAMBDAS``); the base alone
 (task arithmetic at lambda 0) and each fine-tune on its own skill are references. Normalized
 accuracy (TSV paper, after Ilharco et al. 2023): per skill, test accuracy / the skill's fine-tune's
@@ -71,6 +72,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "ties density=0.2 lam=1": {"method": "ties", "lam": 1.0, "density": 0.2},
     "dare p=0.9 lam=1": {"method": "dare", "lam": 1.0, "drop_rate": 0.9},
     "tsv-m alpha=1 rank=1/T": {"method": "tsv", "alpha": 1.0, "rank": 1},
+    "mass layer 3 q_proj route rank 4 top-1": {"method": "tsv", "mass": True, "mass_layer": "model.layers.3.self_attn.q_proj",
+                                               "route_rank": 4, "mass_top_k": 1},
 }
 
 Row = dict[str, Any]
@@ -99,7 +102,7 @@ def uniform(space: SearchSpace, genome: dict[str, Any]) -> dict:
     for name, value in genome.items():
         full.update({e.name: value for e in genes[name].elements()})
     recipe = decode(space, full)
-    if genome["method"] == "tsv":
+    if genome["method"] == "tsv" and "rank" in genome:
         recipe["grid"]["rank"] = None  # the method's default rank (1/T of each matrix's rank)
     return recipe
 

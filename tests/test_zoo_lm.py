@@ -98,7 +98,12 @@ def test_the_shipped_lm_space_names_the_built_family_through_the_lm_variable(tin
     monkeypatch.setenv("EVOMERGE_CACHE", str(tiny_lm.root.parent.parent))
     monkeypatch.setattr(catalog, "DEFAULT_SPEC", tiny_family())
     space = load_space(LM_SPACE)
-    check_searchable(space)  # every model an hf source, every task an item file, layerwise built in place
+    with pytest.raises(ConfigError) as err:  # MASS routing layers of the 4-layer family: the tiny one has 2
+        check_searchable(space)
+    assert err.value.field == "recipe.mass.layer" and "model.layers.1.mlp.down_proj" in str(err.value)
+    cut = tmp_path / "cut.yaml"
+    cut.write_text(LM_SPACE.read_text().replace("model.layers.3.", "model.layers.0."))
+    check_searchable(load_space(cut))  # every model an hf source, every task an item file, layerwise in place or routed
     assert {s.path for s in space.sources.values()} == {tiny_lm.model_dir(i) for i in tiny_lm.ids() if i != "lm-gpt2"}
     assert [t.name for t in space.tasks] == list(tiny_family().skills)
     assert len(space.tasks[0].item_set.split("val")) == tiny_family().held_out

@@ -89,7 +89,7 @@ class MASS(nn.Module):
         self.factors = tsv_compress(taus, rank)  # TSV-C once; every merge of a task subset reuses it
         self.top_k, self.threshold, self.temperature = top_k, threshold, temperature
         key = layer + ".weight"
-        self.register_buffer("subspaces", torch.stack([low_rank(t[key], route_rank).Vh for t in taus]), persistent=False)
+        self.register_buffer("subspaces", input_subspaces([t[key] for t in taus], route_rank), persistent=False)
         self.cache: dict[tuple[int, ...], StateDict] = {}
 
     @classmethod
@@ -109,9 +109,7 @@ class MASS(nn.Module):
 
     def residuals(self, z: torch.Tensor) -> torch.Tensor:
         """``(B, T)`` relative residuals of the routing-layer inputs ``z`` (``(B, ..., d)``, tokens averaged)."""
-        z = z.reshape(z.shape[0], -1, z.shape[-1]).mean(dim=1).float()
-        proj = torch.einsum("bd,trd,tre->bte", z, self.subspaces, self.subspaces)
-        return (z[:, None] - proj).norm(dim=-1) / z.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        return subspace_residuals(z.reshape(z.shape[0], -1, z.shape[-1]).mean(dim=1), self.subspaces)
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """First pass: task probabilities ``(B, T)`` and the boolean selection ``(B, T)``."""
@@ -122,12 +120,7 @@ class MASS(nn.Module):
                 functional_call(self.module, {**self.merged(tuple(range(len(self.taus)))), **self.heads[0]}, (x,))
         finally:
             hook.remove()
-        probs = torch.softmax(-self.residuals(seen[0]) / self.temperature, dim=1)
-        selected = torch.zeros_like(probs, dtype=torch.bool)
-        selected.scatter_(1, probs.topk(self.top_k, dim=1).indices, True)
-        if self.threshold is not None:
-            selected = (probs >= self.threshold) | (probs == probs.max(dim=1, keepdim=True).values)
-        return probs, selected
+        return select_tasks(self.residuals(seen[0]), self.temperature, self.top_k, self.threshold)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probs, selected = self.route(x)
@@ -146,6 +139,33 @@ class MASS(nn.Module):
         for rows, logits in groups:
             out[rows] = pad_classes(logits, width)
         return out
+
+
+def input_subspaces(deltas: Sequence[torch.Tensor], rank: int) -> torch.Tensor:
+    """``(T, rank, d)``: each task's update of one layer's weight, its top-``rank`` right singular
+    vectors (the input directions the task changed most)."""
+    return torch.stack([low_rank(d, rank).Vh for d in deltas])
+
+
+def subspace_residuals(z: torch.Tensor, subspaces: torch.Tensor) -> torch.Tensor:
+    """``r_t = ||z - V_t V_t^T z|| / ||z||``: ``(B, T)`` for pooled inputs ``z`` ``(B, d)`` and the tasks'
+    orthonormal input directions ``subspaces`` ``(T, r, d)`` (rows of ``V_t^T``)."""
+    z = z.float()
+    proj = torch.einsum("bd,trd,tre->bte", z, subspaces, subspaces)
+    return (z[:, None] - proj).norm(dim=-1) / z.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+
+
+def select_tasks(residuals: torch.Tensor, temperature: float, top_k: int = 1,
+                 threshold: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """MASS's selection from the residuals ``(B, T)``: probabilities ``softmax(-r / temperature)`` and the
+    boolean selection, the ``top_k`` most probable tasks (or, with ``threshold``, every task at or above it
+    and always the most probable)."""
+    probs = torch.softmax(-residuals / temperature, dim=1)
+    selected = torch.zeros_like(probs, dtype=torch.bool)
+    selected.scatter_(1, probs.topk(top_k, dim=1).indices, True)
+    if threshold is not None:
+        selected = (probs >= threshold) | (probs == probs.max(dim=1, keepdim=True).values)
+    return probs, selected
 
 
 def pad_classes(logits: torch.Tensor, width: int) -> torch.Tensor:

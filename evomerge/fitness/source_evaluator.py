@@ -5,7 +5,9 @@ base the search names) and every candidate is written into it in place
 (:class:`~evomerge.recipe.inplace.InPlaceBuilder`: task vectors and a method's per-task factors
 cached); a recipe built as a view (:attr:`~evomerge.recipe.kind.RecipeKind.as_view`: ``stack``, ``stitch``) reads
 every source it names from a resident model of its own, loaded once and never written, and each
-candidate is a new module over their modules (:meth:`~evomerge.recipe.kind.RecipeKind.view`). Each
+candidate is a new module over their modules (:meth:`~evomerge.recipe.kind.RecipeKind.view`); a recipe
+with MASS routing (:attr:`~evomerge.recipe.kind.RecipeKind.routed`) is a view over its base's resident
+model that writes each route's merge into it (:mod:`evomerge.recipe.mass_view`). Each
 candidate is then scored by the tasks' scorers (:mod:`evomerge.items.scorers`) on the chosen items
 of the split. Nothing is saved or reloaded per candidate. The fitness side (full or IRT) is
 :class:`~evomerge.fitness.evaluator.CandidateEvaluator`'s.
@@ -13,7 +15,8 @@ of the split. Nothing is saved or reloaded per candidate. The fitness side (full
 ``params`` is the resident model's parameter count and ``added_params`` 0 (an in-place merge has
 its base's shape); a view's ``params`` are what its materialized model holds
 (:func:`~evomerge.recipe.stack_view.held_params`: a layer stacked twice counts twice) and its
-``added_params`` those over its first model's, whose tokenizer scores it. ``latency_ms`` is measured
+``added_params`` those over its first model's, whose tokenizer scores it; a routed recipe's ``params`` are the
+base and every task vector (what MASS holds). ``latency_ms`` is measured
 only when an objective or a constraint reads it: the wall time of scoring the first task's first
 batch (``resources.batch_size`` items), once more.
 """
@@ -132,6 +135,10 @@ class SourceEvaluator(CandidateEvaluator):
         if kind.as_view:
             module = kind.view({m: self.resident(m) for _, m in kind.model_refs()}, self.fit_texts(first))
             params = kind.view_params(module)
+            return Materialized(module, params, params - self._params[first], list(self.tasks))
+        if kind.routed:
+            module = kind.routed_view(self.builder(first))
+            params = module.num_params()
             return Materialized(module, params, params - self._params[first], list(self.tasks))
         module = self.builder(first).build(kind)
         return Materialized(module, self._params[first], 0, list(self.tasks))

@@ -80,7 +80,7 @@ class InPlaceBuilder:
             params = params_of(name)
             if params is None:
                 continue
-            taus = [self._tau(m, name) for m in r.models]
+            taus = [self.task_vector(m, name) for m in r.models]
             factors = [self._factor(method, m, name, tau) for m, tau in zip(r.models, taus)]
             self._dirty.add(name)  # before the write: a build that fails midway is undone by the next
             target.copy_(method.merge_deltas(name, self._base_of(name), taus, params, factors))
@@ -90,12 +90,26 @@ class InPlaceBuilder:
         self._dirty = written
         return self.module
 
+    @torch.no_grad()
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """A copy of every tensor the builder writes, as the resident module holds them now."""
+        return {name: t.detach().clone() for name, t in self.targets.items()}
+
+    @torch.no_grad()
+    def restore(self, state: Mapping[str, torch.Tensor]) -> nn.Module:
+        """Write a :meth:`snapshot` back into the resident module (returned); the next build rewrites every tensor."""
+        for name, t in state.items():
+            self.targets[name].copy_(t)
+        self._dirty = set(self.targets)
+        return self.module
+
     def _base_of(self, name: str) -> torch.Tensor:
         if name not in self._base:
             self._base[name] = self.base_reader.get(name, torch.float32).to(self.device)
         return self._base[name]
 
-    def _tau(self, model: str, name: str) -> torch.Tensor:
+    def task_vector(self, model: str, name: str) -> torch.Tensor:
+        """``theta_model - theta_base`` of tensor ``name`` in float32 (read once, then cached)."""
         key = (model, name)
         if key not in self._taus:
             reader = self.readers[model]

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from evomerge.core.merge import MergeParams
     from evomerge.core.probe import ActivationCache
+    from evomerge.recipe.inplace import InPlaceBuilder
     from evomerge.recipe.materialize import Materialized, Sources
     from evomerge.recipe.stitch_view import FitTexts
     from evomerge.recipe.stream import MergePlan
@@ -80,6 +81,17 @@ class RecipeKind(Strict):
         (:class:`~evomerge.recipe.inplace.InPlaceBuilder`); such a recipe has ``base``, ``models``,
         ``method`` and :meth:`resolver`."""
         return False
+
+    @property
+    def routed(self) -> bool:
+        """Whether a worker builds this recipe's candidate as MASS routing over its base's resident model
+        (:meth:`routed_view`, :mod:`evomerge.recipe.mass_view`): each input runs a merge of the tasks it is
+        routed to, written in place; its sources are checked by :meth:`check_sources`."""
+        return False
+
+    def routed_view(self, builder: InPlaceBuilder) -> nn.Module:
+        """The routed candidate over the resident model of ``builder``, for a kind that is :attr:`routed`."""
+        raise UserError(f"recipe kind '{self.kind}' does not route")
 
     def resolver(self, layers: int) -> Callable[[str], MergeParams | None]:
         """An in-place recipe's parameters per tensor name (None: the tensor keeps the base), for a

@@ -33,7 +33,8 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator, model
 from evomerge.core.merge import MERGE_METHODS, MergeMethod, MergeParams
 from evomerge.errors import ConfigError, FieldIssue, UserError, config_error
 from evomerge.io.tensors import TensorSource
-from evomerge.recipe.kind import RECIPE_KINDS, RecipeKind, Strict, _drop_nulls
+from evomerge.recipe.kind import RECIPE_KINDS, NoMergekitConfig, RecipeKind, Strict, _drop_nulls
+from evomerge.recipe.mass_view import MASS_NO_MERGEKIT, MassSpec, Routable
 from evomerge.recipe.stream import LAYER, MergePlan, plan_recipe
 
 Filter = Literal["attention", "mlp", "rest"]
@@ -82,7 +83,7 @@ class LayerGroup(Strict):
 
 
 @RECIPE_KINDS.register("layerwise")
-class LayerwiseRecipe(RecipeKind):
+class LayerwiseRecipe(Routable, RecipeKind):
     """``method`` over fine-tunes ``models`` of ``base``, parameters per layer group x filter."""
 
     kind: Literal["layerwise"] = "layerwise"
@@ -94,6 +95,8 @@ class LayerwiseRecipe(RecipeKind):
     grid: dict[str, Any] = {}
     filters: Annotated[list[Filter], Field(min_length=1)] = list(FILTERS)
     params: dict[str, Any] = {}
+    #: MASS routing over the models (Hugging Face sources: :mod:`evomerge.recipe.mass_view`)
+    mass: MassSpec | None = None
     tensorwise: ClassVar[bool] = True
 
     _cells: dict[Cell, MergeParams] = PrivateAttr(default_factory=dict)
@@ -168,10 +171,6 @@ class LayerwiseRecipe(RecipeKind):
                 cell = _drop_nulls({name: value[g][i] for name, value in self.grid.items()})
                 yield Cell(g, f), cell, lambda field, g=g, i=i: _grid_path(field, g, i, self.grid)
 
-    @property
-    def in_place(self) -> bool:
-        return True
-
     def resolver(self, layers: int) -> Callable[[str], MergeParams | None]:
         """Tensor name -> its cell's parsed parameters (None: keep the base), for ``layers`` layers."""
         groups = self.num_groups
@@ -185,6 +184,7 @@ class LayerwiseRecipe(RecipeKind):
     def plan(self, source: str, out_dtype: torch.dtype | None, compute_dtype: torch.dtype,
              keep_embeddings_from: str | None) -> MergePlan:  # fmt: skip
         """``base + merge(tau_1..tau_T)`` with each tensor's cell's parameters (:func:`~evomerge.recipe.stream.plan_recipe`)."""
+        self.check_static(source)
         layers = num_layers(TensorSource(self.base).names())
         return plan_recipe(self.method, self.base, self.models, self.resolver(layers), None, out_dtype, compute_dtype,
                            keep_embeddings_from)  # fmt: skip
@@ -193,6 +193,8 @@ class LayerwiseRecipe(RecipeKind):
         """One mergekit slice per layer group (:func:`~evomerge.recipe.to_mergekit.task_vector_config`)."""
         from evomerge.recipe.to_mergekit import task_vector_config
 
+        if self.routed:
+            raise NoMergekitConfig(MASS_NO_MERGEKIT)
         return task_vector_config(self.method, self.base, self.models, self._cells, self.num_groups)
 
 

@@ -27,6 +27,7 @@ from evomerge.errors import ConfigError, UserError, config_error
 from evomerge.recipe import layerwise, stack  # noqa: F401  (registration)
 from evomerge.recipe.kind import RECIPE_KINDS, NoMergekitConfig, RecipeKind, Strict, _drop_nulls
 from evomerge.recipe.layerwise import FILTERS, Cell
+from evomerge.recipe.mass_view import MASS_NO_MERGEKIT, MassSpec, Routable
 from evomerge.recipe.to_mergekit import task_vector_config
 
 if TYPE_CHECKING:
@@ -183,21 +184,8 @@ class StitchRecipe(RecipeKind):
         raise UserError(f"{source}: a stitch runs models of different architectures side by side (a trunk, maps, "
                         "other models' tails, a router); no single Hugging Face model holds it, so it is not "
                         "merged into a folder: its figures are the run's (summary.json)")
-class MassSpec(Strict):
-    """MASS routing (Crisostomi et al. 2025) over the tasks' subspaces at the Linear ``layer``.
-
-    Uses the recipe's TSV ``rank``/``alpha`` for its second pass; ``enabled: false`` is a static merge."""
-
-    enabled: bool = False
-    layer: str
-    route_rank: Annotated[int, Field(ge=1)] = 4
-    top_k: Annotated[int, Field(ge=1)] = 1
-    temperature: Annotated[float, Field(gt=0)] = 0.05
-    threshold: float | None = None
-
-
 @RECIPE_KINDS.register("weights")
-class WeightsRecipe(RecipeKind):
+class WeightsRecipe(Routable, RecipeKind):
     kind: Literal["weights"]
     tensorwise: ClassVar[bool] = True
     base: str
@@ -216,11 +204,6 @@ class WeightsRecipe(RecipeKind):
 
         return build_weights(self, sources)
 
-    @property
-    def in_place(self) -> bool:
-        """Over model sources every floating tensor merges with ``params``; MASS routing needs a module of its own."""
-        return self.mass is None or not self.mass.enabled
-
     def resolver(self, layers: int) -> Callable[[str], MergeParams | None]:
         """The same parsed ``params`` for every tensor (a DARE seed defaults to the recipe's)."""
         m = MERGE_METHODS.get(self.method)
@@ -232,15 +215,14 @@ class WeightsRecipe(RecipeKind):
         """``base + merge(tau_1..tau_T)`` by ``method``, tensor by tensor (:func:`~evomerge.recipe.stream.plan_recipe`)."""
         from evomerge.recipe.stream import plan_recipe
 
-        if not self.in_place:
-            raise ConfigError(source, "mass", "no MASS routing (it needs the whole model resident; export the run instead)")
+        self.check_static(source)
         return plan_recipe(self.method, self.base, self.models, self.resolver(0), None, out_dtype, compute_dtype,
                            keep_embeddings_from)
 
     def mergekit_config(self) -> dict[str, Any]:
         """One layer group whose filters all take ``params`` (:func:`~evomerge.recipe.to_mergekit.task_vector_config`)."""
-        if self.mass is not None and self.mass.enabled:
-            raise NoMergekitConfig("MASS routing chooses a merge per input; mergekit writes one static model")
+        if self.routed:
+            raise NoMergekitConfig(MASS_NO_MERGEKIT)
         parsed = MERGE_METHODS.get(self.method).parse(self.params)
         return task_vector_config(self.method, self.base, self.models, {Cell(0, f): parsed for f in FILTERS}, 1)
 

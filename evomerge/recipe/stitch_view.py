@@ -272,18 +272,22 @@ def block_names(config: Mapping[str, Any]) -> list[str]:
     """The block names :class:`~evomerge.sources.adapters.HFAdapter` cuts a causal LM of ``config`` at
     (``model.layers.0`` ..., ``transformer.h.0`` ...), read from a model built on the meta device (once
     per config: a search checks every sampled genome's layers)."""
-    return list(_block_names(json.dumps(dict(config), sort_keys=True, default=str)))
+    return list(HFAdapter.from_model(meta_causal_lm(config)).layer_names)
+
+
+def meta_causal_lm(config: Mapping[str, Any]) -> nn.Module:
+    """The causal LM of a Hugging Face ``config`` built on the meta device (no weights), made once per config."""
+    return _meta_causal_lm(json.dumps(dict(config), sort_keys=True, default=str))
 
 
 @functools.lru_cache(maxsize=32)
-def _block_names(config_json: str) -> tuple[str, ...]:
+def _meta_causal_lm(config_json: str) -> nn.Module:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     cfg = json.loads(config_json)
     cfg = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(cfg)
-    return tuple(HFAdapter.from_model(model).layer_names)
+        return AutoModelForCausalLM.from_config(cfg)
 
 
 def stitch_view(recipe: StitchRecipe, models: Mapping[str, nn.Module], fit: FitTexts) -> StitchedLM:

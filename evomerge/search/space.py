@@ -670,7 +670,8 @@ def check_searchable(space: SearchSpace) -> None:
     """What the search's evaluators take, checked before any budget is spent: zoo ids on built-in
     tasks, or else a space over model sources (:class:`~evomerge.fitness.source_evaluator.SourceEvaluator`):
     every model a source entry, every task an item file, every recipe of a kind built in place, or as a
-    view over sources whose configs it accepts (every sampled genome's: e.g. a stack's layer ranges)."""
+    view over sources whose configs it accepts (every sampled genome's: e.g. a stack's layer ranges,
+    a MASS routing layer)."""
     check_recipes(space)
     if space.builtin_only:
         return
@@ -687,12 +688,12 @@ def check_searchable(space: SearchSpace) -> None:
     trained = [t.name for t in space.tasks if len(t.item_set.split("train"))]
     for genome in sample_genomes(space):
         kind = parse_recipe(decode(space, genome), space.source, "recipe")
-        if kind.as_view:
+        if kind.as_view or kind.routed:
             kind.check_sources({m: space.sources[m].config for _, m in kind.model_refs()}, space.source, "recipe",
                                trained)
         elif not kind.in_place:
             raise ConfigError(space.source, "recipe.kind", "a recipe kind built in place or as a view for a search "
-                              "over model sources (layerwise, weights without MASS, stack, stitch)", kind.kind)
+                              "over model sources (layerwise, weights, stack, stitch)", kind.kind)
 
 
 def check_banks_match_items(space: SearchSpace) -> None:
