@@ -98,6 +98,8 @@ def subset_space(space: SearchSpace, n_val: int, n_test: int | None = None) -> S
 def uniform(space: SearchSpace, genome: dict[str, Any]) -> dict:
     """The recipe whose every grid cell of each array gene holds the genome's one value."""
     genes = {g.name: g for g in space.genes}
+    if genome["method"] == "tsv" and "mass" in genes:
+        genome = {"mass": False, **genome}  # a static TSV-M unless the genome routes
     full: dict[str, Any] = {}
     for name, value in genome.items():
         full.update({e.name: value for e in genes[name].elements()})
