@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -242,6 +243,7 @@ def main() -> None:
     for engine in args.engines:
         for seed in range(args.seeds):
             run = WORK / space.name / f"{engine}-{seed}"
+            shutil.rmtree(run, ignore_errors=True)  # a rerun starts every search afresh
             row = search_row(space, scorer, engine, seed, args.budget, run)
             recipes = {r["id"]: r["recipe"] for r in RunFolder(run).read_evaluations()}  # read once per run
             for c in row["curve"]:

@@ -181,3 +181,25 @@ def test_the_shipped_lm_space_searches_mass_routed_merges_end_to_end(tiny_lm, tm
     assert main(["export", str(run), "--out", str(tmp_path / "export"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "merges per input" in err and "Traceback" not in err
+
+
+def test_the_best_single_model_candidate_is_named_for_export(tmp_path):
+    """A run whose best is routed names its best candidate that one folder can hold (the space's first
+    objective, its direction), skipping failed and routed candidates."""
+    import json
+    from types import SimpleNamespace
+
+    from evomerge.search.run_export import best_single_model
+    from evomerge.search.run_folder import RunFolder
+
+    static = {"kind": "weights", "base": "base", "models": SKILLS, "method": "tsv"}
+    mass = static | {"mass": {"enabled": True, "layer": "model.layers.0.mlp.up_proj"}}
+    rows = [{"id": "c0", "status": "ok", "recipe": mass, "objectives": {"accuracy": 0.9}},
+            {"id": "c1", "status": "ok", "recipe": static, "objectives": {"accuracy": 0.5}},
+            {"id": "c2", "status": "ok", "recipe": static, "objectives": {"accuracy": 0.6}},
+            {"id": "c3", "status": "failed", "recipe": static, "error": "boom"}]
+    (tmp_path / "evaluations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    space = SimpleNamespace(objectives=[SimpleNamespace(name="accuracy", direction="max")])
+    assert best_single_model(RunFolder(tmp_path), space) == "c2"
+    space.objectives[0].direction = "min"
+    assert best_single_model(RunFolder(tmp_path), space) == "c1"

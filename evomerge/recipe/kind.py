@@ -83,6 +83,12 @@ class RecipeKind(Strict):
         return False
 
     @property
+    def single_model(self) -> bool:
+        """Whether the candidate is one model of its sources' architecture, which :meth:`plan` can write
+        into a Hugging Face folder (a stitch of two architectures and MASS routing are not)."""
+        return True
+
+    @property
     def routed(self) -> bool:
         """Whether a worker builds this recipe's candidate as MASS routing over its base's resident model
         (:meth:`routed_view`, :mod:`evomerge.recipe.mass_view`): each input runs a merge of the tasks it is

@@ -251,11 +251,15 @@ class Routable:
     def in_place(self) -> bool:
         return not self.routed
 
+    @property
+    def single_model(self) -> bool:
+        return not self.routed
+
     def check_static(self, source: str) -> None:
         """A recipe merged into one model folder (:meth:`~evomerge.recipe.kind.RecipeKind.plan`) routes nothing."""
         if self.routed:
             raise ConfigError(source, "mass", "no MASS routing: it merges per input, which no single model folder "
-                              "holds (a zoo run's export does)", self.mass.model_dump())
+                              "holds (a zoo run's export does)")
 
     def routed_view(self, builder: InPlaceBuilder) -> RoutedLM:
         return RoutedLM(builder, self)

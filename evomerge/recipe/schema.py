@@ -179,6 +179,10 @@ class StitchRecipe(RecipeKind):
         """The trunk, the maps, the branches' tails and the router (:meth:`~evomerge.recipe.stitch_view.StitchedLM.num_params`)."""
         return module.num_params()
 
+    @property
+    def single_model(self) -> bool:
+        return False
+
     def plan(self, source: str, out_dtype: torch.dtype | None, compute_dtype: torch.dtype,
              keep_embeddings_from: str | None) -> MergePlan:  # fmt: skip
         raise UserError(f"{source}: a stitch runs models of different architectures side by side (a trunk, maps, "

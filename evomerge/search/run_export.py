@@ -34,6 +34,16 @@ def find_candidate(folder: RunFolder, candidate: str = "best") -> dict[str, Any]
     return rows[-1]
 
 
+def best_single_model(folder: RunFolder, space: Any) -> str | None:
+    """The id of the run's best evaluated candidate (by the space's first objective) that is one model
+    (:attr:`~evomerge.recipe.kind.RecipeKind.single_model`), or None."""
+    objective = space.objectives[0]
+    sign = 1 if objective.direction == "max" else -1
+    rows = [r for r in folder.read_evaluations() if r.get("status") == "ok" and objective.name in r.get("objectives", {})
+            and parse_recipe(r["recipe"], str(folder.evaluations_path), "recipe").single_model]
+    return max(rows, key=lambda r: sign * r["objectives"][objective.name])["id"] if rows else None
+
+
 def export_candidate(run_dir: str | Path, out: str | Path, candidate: str = "best", options: WriteOptions = WriteOptions()) -> Path:
     """Write a run's candidate as a model folder: merged from its Hugging Face sources (written as
     ``options`` say), or materialized from the zoo."""
@@ -43,6 +53,13 @@ def export_candidate(run_dir: str | Path, out: str | Path, candidate: str = "bes
     record = find_candidate(folder, candidate)
     recipe = parse_recipe(record["recipe"], f"{folder.path} (candidate {record.get('id')})", "recipe")
     if uses_hf_sources(space, recipe):
+        if not recipe.single_model:
+            try:
+                recipe.plan(f"{folder.path} (candidate {record.get('id')})", None, options.compute_dtype, None)
+            except UserError as err:
+                alt = best_single_model(folder, space)
+                hint = f"; the run's best candidate that is one model is {alt} (evomerge export {run_dir} --candidate {alt})"
+                raise UserError(f"{err}{hint if alt else ''}") from None
         return export_hf(space, record, recipe, run_dir, out, options)
     zoo = Zoo(seed=space.zoo.seed)
     ids = recipe_models(record["recipe"])
