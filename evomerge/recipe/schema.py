@@ -188,6 +188,8 @@ class StitchRecipe(RecipeKind):
         raise UserError(f"{source}: a stitch runs models of different architectures side by side (a trunk, maps, "
                         "other models' tails, a router); no single Hugging Face model holds it, so it is not "
                         "merged into a folder: its figures are the run's (summary.json)")
+
+
 @RECIPE_KINDS.register("weights")
 class WeightsRecipe(Routable, RecipeKind):
     kind: Literal["weights"]
