@@ -48,7 +48,7 @@ from evomerge.distributed.pool import InProcessPool  # noqa: E402
 from evomerge.evaluate import accuracy  # noqa: E402
 from evomerge.fitness.zoo_evaluator import RecipeEvaluator  # noqa: E402
 from evomerge.search.pareto import best_index  # noqa: E402
-from evomerge.search.run_folder import RunFolder  # noqa: E402
+from evomerge.search.run_folder import RunFolder, evaluated  # noqa: E402
 from evomerge.search.runner import run_search  # noqa: E402
 from evomerge.search.space import SearchSpace, decode, load_space, with_overrides  # noqa: E402
 from evomerge.zoo.catalog import Zoo  # noqa: E402
@@ -98,7 +98,7 @@ def search_row(space: SearchSpace, scorer: Scorer, engine: str, seed: int, budge
     sp = with_overrides(space, **{"engine.name": engine, "seed": seed, "budget.evaluations": budget})
     with InProcessPool(lambda: scorer.val) as pool:
         summary = run_search(sp, pool, run_dir, final_eval=scorer.test, item_ids=scorer.item_ids, progress=False)
-    records = RunFolder(run_dir).read_evaluations()
+    records = evaluated(RunFolder(run_dir).read_evaluations())
     curve = []
     for n in (budget // 4, budget // 2, budget):
         ok = [r for r in records[:n] if r["status"] == "ok"]
@@ -110,7 +110,7 @@ def search_row(space: SearchSpace, scorer: Scorer, engine: str, seed: int, budge
     final = summary["best"]
     assert final is None or (final["id"] == curve[-1]["id"] and final["full_test_accuracy"] == curve[-1]["test_accuracy"])
     return {"space": space.name, "kind": "search", "engine": engine, "seed": seed, "evaluations": summary["evaluations"],
-            "failed": summary["failed"], "wall_s": round(summary["wall_s"], 1), "curve": curve,
+            "repeats": summary["repeats"], "failed": summary["failed"], "wall_s": round(summary["wall_s"], 1), "curve": curve,
             "winner_genome": final and final["genome"]}
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from rich.console import Console
-from search_fakes import ITEM_IDS, ToyEvaluator, toy_params, toy_score, toy_space, two_objectives
+from search_fakes import ITEM_IDS, OPTIMUM_X, ToyEvaluator, toy_params, toy_score, toy_space, two_objectives
 
 from evomerge.cli import main
 from evomerge.commands import search as search_cmd
@@ -185,6 +185,72 @@ def test_ctrl_c_then_resume_extends_the_budget(tmp_path, engine):
     run_search(space, InProcessPool(lambda: ev), run, resume=True, item_ids=ITEM_IDS, progress=False)
     assert [r["id"] for r in records(run)] == [candidate_id(i) for i in range(16)]
     assert ev.calls[0] == "c00005"  # the candidate in flight at the interrupt is evaluated again
+
+
+def discrete_space(engine: str, evaluations: int, **extra) -> dict:
+    """The toy space with every gene on a few values: 2^3 x (average, or tsv at rank 8 or 16) = 24 recipes."""
+    space = toy_space(engine, evaluations=evaluations, **extra)
+    space["genes"] = [{"name": f"x{i}", "type": "categorical", "choices": [0.0, OPTIMUM_X]} for i in range(3)] + [
+        {"name": "method", "type": "categorical", "choices": ["average", "tsv"]},
+        {"name": "rank", "type": "categorical", "choices": [8, 16], "when": {"method": "tsv"}},
+        {"name": "lam", "type": "categorical", "choices": [0.5]}]
+    return space
+
+
+class WidePool(InProcessPool):
+    """Evaluates in order but takes four candidates at a time, so equal recipes can be in flight together."""
+
+    capacity = 4
+
+
+def check_repeats(recs: list[dict], calls: list[str]) -> list[dict]:
+    """Each distinct recipe was evaluated once (by its first candidate); every repeat carries that result."""
+    first = {}
+    for r in recs:
+        key = json.dumps(r["recipe"], sort_keys=True)
+        if "repeat_of" in r:
+            original = first[key]
+            assert r["repeat_of"] == original["id"] and r["items"] == 0
+            assert (r["status"], r["objectives"]) == (original["status"], original["objectives"])
+        else:
+            assert key not in first
+            first[key] = r
+    assert sorted(calls) == sorted(r["id"] for r in first.values())
+    return [r for r in recs if "repeat_of" in r]
+
+
+@pytest.mark.parametrize("engine", ["optuna_tpe", "deap_ga", "random"])
+def test_repeated_recipes_are_not_evaluated_again_nor_spend_the_budget(tmp_path, engine):
+    run, ev = tmp_path / "run", ToyEvaluator()
+    summary = search(discrete_space(engine, evaluations=10, population=6), run, ev)
+    recs = records(run)
+    repeats = check_repeats(recs, ev.calls)
+    assert repeats, "the seed should make the engine propose a repeat"
+    assert summary["evaluations"] == len(ev.calls) == 10 and summary["repeats"] == len(repeats)
+    assert [r["id"] for r in recs] == [candidate_id(i) for i in range(len(recs))]
+    assert all(r["id"] != summary["best"]["id"] for r in repeats)
+
+
+def test_an_exhausted_space_ends_the_run_after_a_budget_of_repeats(tmp_path):
+    run, ev = tmp_path / "run", ToyEvaluator()
+    summary = search(discrete_space("random", evaluations=40), run, ev)
+    repeats = check_repeats(records(run), ev.calls)
+    assert summary["evaluations"] == len(ev.calls) <= 24 and len(repeats) == summary["repeats"] == 40
+    assert summary["best"]["objectives"]["acc"] == pytest.approx(1.0)  # the optimum is one of the 24
+
+
+def test_a_repeat_of_a_candidate_in_flight_waits_for_its_result(tmp_path):
+    """One recipe in the whole space, four evaluation slots: the first candidate is evaluated, the
+    next ones wait for it instead of filling the other slots, and the run stops at a budget of repeats."""
+    run, ev = tmp_path / "run", ToyEvaluator()
+    one = discrete_space("random", evaluations=5)
+    for g in one["genes"]:
+        g["choices"] = g["choices"][-1:]
+    summary = run_search(parse_space(one), WidePool(lambda: ev), run, item_ids=ITEM_IDS, progress=False)
+    recs = records(run)
+    assert ev.calls == ["c00000"] and len(check_repeats(recs, ev.calls)) == 5
+    assert [r["repeat_of"] for r in recs[1:]] == ["c00000"] * 5
+    assert (summary["evaluations"], summary["repeats"]) == (1, 5)
 
 
 def test_each_submission_carries_the_front_so_far(tmp_path):

@@ -165,7 +165,8 @@ def run(args: argparse.Namespace) -> int:
     if best is None:
         log(f"no candidate succeeded ({summary['failed']} failed); see {run_dir}/evaluations.jsonl")
         return 1
-    log(f"done: {summary['evaluations']} evaluations ({summary['failed']} failed) in {summary['wall_s']:.1f} s; "
+    log(f"done: {summary['evaluations']} evaluations ({summary['failed']} failed, {summary['repeats']} repeats not "
+        f"evaluated again) in {summary['wall_s']:.1f} s; "
         f"best {best['id']}: {describe(space, best)}; {len(summary['pareto'])} on the Pareto front; "
         f"run folder {run_dir}")
     return 0

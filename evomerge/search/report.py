@@ -20,7 +20,7 @@ from evomerge.console import figure  # noqa: E402
 from evomerge.errors import UserError, read_json  # noqa: E402
 from evomerge.search.engines.random_search import RandomSearch  # noqa: E402
 from evomerge.search.pareto import pareto_front  # noqa: E402
-from evomerge.search.run_folder import RunFolder  # noqa: E402
+from evomerge.search.run_folder import RunFolder, evaluated  # noqa: E402
 from evomerge.search.runner import describe  # noqa: E402
 from evomerge.search.space import EngineSpec, SearchSpace  # noqa: E402
 
@@ -108,7 +108,7 @@ def write_report(run_dir: str | Path) -> Path:
     """Write ``RUN/report/`` (PNG plots and ``report.md``); return the markdown path."""
     folder = RunFolder(run_dir)
     space = folder.load_space()
-    records = folder.read_evaluations()
+    records = evaluated(folder.read_evaluations())
     if not records:
         raise UserError(f"{folder.evaluations_path}: no evaluations to report")
     out = folder.path / "report"

@@ -12,7 +12,7 @@ from evomerge.recipe.materialize import materialize
 from evomerge.recipe.schema import parse_recipe
 from evomerge.recipe.stream import WriteOptions
 from evomerge.search.hf_export import export_hf, uses_hf_sources
-from evomerge.search.run_folder import RunFolder
+from evomerge.search.run_folder import RunFolder, evaluated
 from evomerge.zoo.catalog import Zoo
 
 
@@ -39,7 +39,7 @@ def best_single_model(folder: RunFolder, space: Any) -> str | None:
     (:attr:`~evomerge.recipe.kind.RecipeKind.single_model`), or None."""
     objective = space.objectives[0]
     sign = 1 if objective.direction == "max" else -1
-    rows = [r for r in folder.read_evaluations() if r.get("status") == "ok" and objective.name in r.get("objectives", {})
+    rows = [r for r in evaluated(folder.read_evaluations()) if r.get("status") == "ok" and objective.name in r.get("objectives", {})
             and parse_recipe(r["recipe"], str(folder.evaluations_path), "recipe").single_model]
     return max(rows, key=lambda r: sign * r["objectives"][objective.name])["id"] if rows else None
 

@@ -25,6 +25,12 @@ SPACE_FILE = "space.yaml"
 EVALUATIONS_FILE = "evaluations.jsonl"
 SUMMARY_FILE = "summary.json"
 RUN_FILE = "run.json"
+REPEAT_KEY = "repeat_of"  # a record that repeats an evaluated candidate's recipe (and result)
+
+
+def evaluated(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records of candidates that were evaluated: repeats (``repeat_of``) left out."""
+    return [r for r in records if REPEAT_KEY not in r]
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -145,7 +151,7 @@ class RunFolder:
         return load_space(self.space_path, known_models)
 
     def read_evaluations(self, repair: bool = False) -> list[dict[str, Any]]:
-        """Every complete record (see :func:`read_json_lines`)."""
+        """Every complete record, repeats included (see :func:`read_json_lines`, :func:`evaluated`)."""
         return read_json_lines(self.evaluations_path, repair)
 
     def append(self, record: dict[str, Any]) -> None:

@@ -9,10 +9,18 @@ evaluation is repeated or lost.
 
 Each submission carries the metrics of the current Pareto front (kept incrementally), the
 driver's view that every worker's IRT fitness shares (its incumbent and front threshold).
+
+A candidate whose recipe was already evaluated (engines propose repeats: TPE re-samples a
+categorical configuration, a DEAP mutation of an inactive gene leaves the recipe unchanged) is
+not evaluated again: it is logged with ``repeat_of`` and the first result, and the engine is told
+that result. Repeats are not evaluations, so they do not spend ``budget.evaluations``; an engine
+that proposes as many repeats as the budget (a space it has exhausted) ends the run. A repeat of
+a candidate still in flight waits for it.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -27,7 +35,7 @@ from evomerge.fitness.results import EvalResult
 from evomerge.search.engines import ENGINES, Candidate, Engine
 from evomerge.search.pareto import add_to_front, best_index, pareto_front
 from evomerge.search.progress import SearchProgress
-from evomerge.search.run_folder import RunFolder
+from evomerge.search.run_folder import REPEAT_KEY, RunFolder, evaluated
 from evomerge.search.space import SearchSpace, decode, dump_space
 
 if TYPE_CHECKING:
@@ -56,6 +64,10 @@ class SearchRunner:
             self.responses.register_items(task, split, ids)
         self.show_progress = progress
         self.in_flight: dict[str, tuple[Candidate, dict]] = {}
+        self.first: dict[str, dict[str, Any]] = {}  # recipe key -> its evaluated record
+        self.waiting: dict[str, list[tuple[Candidate, dict]]] = {}  # recipe key -> repeats of one in flight
+        for rec in evaluated(self.records):
+            self.first.setdefault(recipe_key(rec["recipe"]), rec)
         self.front: list[tuple[list[float], dict[str, float]]] = []  # (objective values, metrics), non-dominated
         for rec in self.records:
             self._update_front(rec)
@@ -123,12 +135,32 @@ class SearchRunner:
         self.engine.checkpoint()
         if progress is not None:
             progress.update(cand.id, record["status"], values[0] if values else None)
+        key = recipe_key(recipe)
+        self.first[key] = record
+        for repeat, same in self.waiting.pop(key, []):
+            self._repeat(repeat, same, record)
+
+    def _repeat(self, cand: Candidate, recipe: dict, first: dict[str, Any]) -> None:
+        """Log ``cand`` with the result of ``first`` (the same recipe) and tell the engine."""
+        record = {
+            "id": cand.id, "status": first["status"], "genome": cand.genome, "recipe": recipe,
+            "objectives": first["objectives"], "metrics": first["metrics"], "wall_s": 0.0, "items": 0,
+            "elapsed_s": self.elapsed_s(), REPEAT_KEY: first["id"],
+        }
+        if "error" in first:
+            record["error"] = first["error"]
+        self.folder.append(record)
+        self.records.append(record)
+        self.engine.tell(cand.id, self.values(record))
+        self.engine.checkpoint()
 
     def _budget_left(self) -> bool:
         time_s = self.space.budget.time_s
         if time_s is not None and self.elapsed_s() >= time_s:
             return False
-        return len(self.records) + len(self.in_flight) < self.space.budget.evaluations
+        evaluations, done = self.space.budget.evaluations, len(evaluated(self.records))
+        repeats = len(self.records) - done + sum(map(len, self.waiting.values()))
+        return repeats < evaluations and done + len(self.in_flight) < evaluations
 
     def _fill(self, resubmit: list[Candidate]) -> None:
         while len(self.in_flight) < self.pool.capacity and self._budget_left():
@@ -137,8 +169,14 @@ class SearchRunner:
                 return
             self.engine.checkpoint()
             recipe = decode(self.space, cand.genome)
-            self.in_flight[cand.id] = (cand, recipe)
-            self.pool.submit(cand.id, recipe, [metrics for _, metrics in self.front])
+            key = recipe_key(recipe)
+            if key in self.first:
+                self._repeat(cand, recipe, self.first[key])
+            elif key in self.waiting or any(recipe_key(r) == key for _, r in self.in_flight.values()):
+                self.waiting.setdefault(key, []).append((cand, recipe))
+            else:
+                self.in_flight[cand.id] = (cand, recipe)
+                self.pool.submit(cand.id, recipe, [metrics for _, metrics in self.front])
 
     # ---- the loop ----------------------------------------------------------------
 
@@ -165,16 +203,18 @@ class SearchRunner:
 
     def _progress(self) -> SearchProgress:
         primary = self.space.objectives[0]
-        values = [v[0] for v in map(self.values, self.records) if v]
-        return SearchProgress(self.space.budget.evaluations, len(self.records), objective=primary.name,
+        done = evaluated(self.records)
+        values = [v[0] for v in map(self.values, done) if v]
+        return SearchProgress(self.space.budget.evaluations, len(done), objective=primary.name,
                               direction=primary.direction, values=values,
-                              failures=sum(r["status"] != "ok" for r in self.records))
+                              failures=sum(r["status"] != "ok" for r in done))
 
     # ---- the summary -------------------------------------------------------------
 
     def summary(self, final: bool = True) -> dict[str, Any]:
         """``summary.json``: best, Pareto front (re-evaluated on test when final), counts, wall time."""
-        ok = [r for r in self.records if r["status"] == "ok"]
+        done = evaluated(self.records)
+        ok = [r for r in done if r["status"] == "ok"]
         values = [self.values(r) for r in ok]
         directions = self.space.directions
         best = best_index(values, directions)
@@ -196,9 +236,10 @@ class SearchRunner:
             "complete": final,
             "best": tested[ok[best]["id"]] if best is not None else None,
             "pareto": [tested[ok[i]["id"]] for i in front],
-            "evaluations": len(self.records),
-            "failed": len(self.records) - len(ok),
-            "item_evaluations": sum(r.get("items", 0) for r in self.records),
+            "evaluations": len(done),
+            "failed": len(done) - len(ok),
+            "repeats": len(self.records) - len(done),
+            "item_evaluations": sum(r.get("items", 0) for r in done),
             "median": statistics.median(primary) if primary else None,
             "wall_s": self.elapsed_s(),
         }
@@ -230,6 +271,11 @@ def describe(space: SearchSpace, entry: Mapping[str, Any]) -> str:
             text += f" (test {figure(test[o.key])})"
         parts.append(text)
     return ", ".join(parts)
+
+
+def recipe_key(recipe: Mapping[str, Any]) -> str:
+    """A recipe's identity: its canonical JSON (equal recipes build equal candidates)."""
+    return json.dumps(recipe, sort_keys=True)
 
 
 def run_search(space: SearchSpace, pool: Pool, run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
