@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -49,12 +50,15 @@ def wait_for_dashboard(url: str, head: subprocess.Popen, within_s: float = 90) -
 
 @pytest.fixture
 def ray_head(tmp_path):
-    """A one-node Ray head on loopback with 2 CPUs (every port chosen free, temp dir short);
-    yields (dashboard url, GCS port, environment). Stopped through its own process group."""
+    """A one-node Ray head on loopback with 2 CPUs (every port chosen free, temp dir short) and token
+    auth with a token of its own (a fresh machine has no ~/.ray/auth_token); yields (dashboard url,
+    GCS port, environment). Stopped through its own process group."""
     temp_dir = tempfile.mkdtemp(prefix="rayj", dir="/tmp")
+    token = Path(temp_dir) / "auth_token"
+    token.write_text(secrets.token_hex(32))  # what `ray get-auth-token --generate` writes
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_TMPDIR": temp_dir,
-           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token", "OMP_WAIT_POLICY": "PASSIVE",
-           "RAY_USAGE_STATS_ENABLED": "0"}
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
+           "OMP_WAIT_POLICY": "PASSIVE", "RAY_USAGE_STATS_ENABLED": "0"}
     gcs, dashboard, client, agent_http, agent_grpc, runtime_env, metrics, node_mgr, obj_mgr = free_ports(9)
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
