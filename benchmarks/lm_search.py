@@ -30,7 +30,8 @@ task-conditioned, learned router, at each of the 12 stitch points, the validatio
 better source's, averaged over the seven skills (the stitch's aim: each architecture's skills in one model).
 
 ``random_sd`` is random search's standard deviation over seeds. A run with one ``--space`` keeps the
-other space's rows and summary already in the results file.
+other space's rows and summary already in the results file. ``--family-seed N`` (N > 0) runs on the LM
+family of seed N (the space's ``zoo.seed`` replaced), filed as ``<space>_family<N>``.
 
 Run: ``OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1 python benchmarks/lm_search.py [--space lm_cross_arch]``
 (the LM family built first: ``evomerge zoo build --family lm``).
@@ -48,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 torch.set_num_threads(1)
 
@@ -56,7 +58,7 @@ from search import Scorer, fmt, mean, search_row  # noqa: E402  (benchmarks/sear
 
 from evomerge.commands.search import known_models  # noqa: E402
 from evomerge.search.run_folder import RunFolder  # noqa: E402
-from evomerge.search.space import SearchSpace, decode, load_space, with_overrides  # noqa: E402
+from evomerge.search.space import SearchSpace, decode, load_space, parse_space, with_overrides  # noqa: E402
 from evomerge.zoo.lm.catalog import LMZoo  # noqa: E402
 from evomerge.zoo.lm.family import model_id  # noqa: E402
 
@@ -213,6 +215,16 @@ def cross_arch_rows(space: SearchSpace, scorer: Scorer) -> tuple[LMRows, list[Ro
     return lm, rows
 
 
+def family_space(path: Path, family_seed: int) -> SearchSpace:
+    """The space at ``path``, over the LM family of ``family_seed`` (named ``<name>_family<seed>`` when not 0)."""
+    if family_seed == 0:
+        return load_space(path, known_models())
+    data = yaml.safe_load(path.read_text())
+    data["zoo"] = {**(data.get("zoo") or {}), "seed": family_seed}
+    data["name"] = f"{data['name']}_family{family_seed}"
+    return parse_space(data, str(path), known_models(), None, path.parent)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--space", choices=list(SPACES), default="lm_skills")
@@ -221,14 +233,16 @@ def main() -> None:
     p.add_argument("--val-items", type=int, default=250, help="validation items per skill for selection")
     p.add_argument("--test-items", type=int, default=None, help="test items per skill for the figures (default: all 1,000)")
     p.add_argument("--engines", nargs="+", default=ENGINES, choices=ENGINES)
+    p.add_argument("--family-seed", type=int, default=0, help="the LM family's seed (built first)")
     args = p.parse_args()
     command = COMMAND + "".join(f" --{k.replace('_', '-')} {v}" for k, v, d in
                                 (("space", args.space, "lm_skills"), ("budget", args.budget, 24), ("seeds", args.seeds, 3),
-                                 ("val_items", args.val_items, 250), ("test_items", args.test_items, None)) if v != d)
+                                 ("val_items", args.val_items, 250), ("test_items", args.test_items, None),
+                                 ("family_seed", args.family_seed, 0)) if v != d)
     if args.engines != ENGINES:
         command += " --engines " + " ".join(args.engines)
     start = time.perf_counter()
-    space = subset_space(load_space(SPACES[args.space], known_models()), args.val_items, args.test_items)
+    space = subset_space(family_space(SPACES[args.space], args.family_seed), args.val_items, args.test_items)
     scorer = Scorer(space)
     if args.space == "lm_skills":
         zoo = LMZoo(seed=space.zoo.seed)
