@@ -31,7 +31,10 @@ better source's, averaged over the seven skills (the stitch's aim: each architec
 
 ``random_sd`` is random search's standard deviation over seeds. A run with one ``--space`` keeps the
 other space's rows and summary already in the results file. ``--family-seed N`` (N > 0) runs on the LM
-family of seed N (the space's ``zoo.seed`` replaced), filed as ``<space>_family<N>``.
+family of seed N (the space's ``zoo.seed`` replaced), filed as ``<space>_family<N>``; ``--cold`` runs every
+search without the space's starting points (``engine.initial``), filed with ``_cold`` appended. The hand
+recipes of lm_skills' ``engine.initial`` (MASS and TIES at their defaults) are among the rows below, so a
+warm search's first candidates score what those rows score on validation.
 
 Run: ``OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1 python benchmarks/lm_search.py [--space lm_cross_arch]``
 (the LM family built first: ``evomerge zoo build --family lm``).
@@ -215,13 +218,18 @@ def cross_arch_rows(space: SearchSpace, scorer: Scorer) -> tuple[LMRows, list[Ro
     return lm, rows
 
 
-def family_space(path: Path, family_seed: int) -> SearchSpace:
-    """The space at ``path``, over the LM family of ``family_seed`` (named ``<name>_family<seed>`` when not 0)."""
-    if family_seed == 0:
+def family_space(path: Path, family_seed: int, cold: bool) -> SearchSpace:
+    """The space at ``path``, over the LM family of ``family_seed`` (named ``<name>_family<seed>`` when not
+    0); ``cold``: without the space's starting points (``engine.initial``; named ``<name>_cold``)."""
+    if family_seed == 0 and not cold:
         return load_space(path, known_models())
     data = yaml.safe_load(path.read_text())
-    data["zoo"] = {**(data.get("zoo") or {}), "seed": family_seed}
-    data["name"] = f"{data['name']}_family{family_seed}"
+    if family_seed:
+        data["zoo"] = {**(data.get("zoo") or {}), "seed": family_seed}
+        data["name"] = f"{data['name']}_family{family_seed}"
+    if cold:
+        data.get("engine", {}).pop("initial", None)
+        data["name"] = f"{data['name']}_cold"
     return parse_space(data, str(path), known_models(), None, path.parent)
 
 
@@ -234,15 +242,17 @@ def main() -> None:
     p.add_argument("--test-items", type=int, default=None, help="test items per skill for the figures (default: all 1,000)")
     p.add_argument("--engines", nargs="+", default=ENGINES, choices=ENGINES)
     p.add_argument("--family-seed", type=int, default=0, help="the LM family's seed (built first)")
+    p.add_argument("--cold", action="store_true", help="searches start without the space's engine.initial")
     args = p.parse_args()
     command = COMMAND + "".join(f" --{k.replace('_', '-')} {v}" for k, v, d in
                                 (("space", args.space, "lm_skills"), ("budget", args.budget, 24), ("seeds", args.seeds, 3),
                                  ("val_items", args.val_items, 250), ("test_items", args.test_items, None),
                                  ("family_seed", args.family_seed, 0)) if v != d)
+    command += " --cold" if args.cold else ""
     if args.engines != ENGINES:
         command += " --engines " + " ".join(args.engines)
     start = time.perf_counter()
-    space = subset_space(family_space(SPACES[args.space], args.family_seed), args.val_items, args.test_items)
+    space = subset_space(family_space(SPACES[args.space], args.family_seed, args.cold), args.val_items, args.test_items)
     scorer = Scorer(space)
     if args.space == "lm_skills":
         zoo = LMZoo(seed=space.zoo.seed)

@@ -107,6 +107,28 @@ class EngineConformance:
         assert {c.genome["method"] for c in cands} == {"average", "ties", "tsv"}
         assert len({c.genome["x[1]"] for c in cands}) > 1 and len({c.genome["cells[0,1]"] for c in cands}) > 1
 
+    def test_the_first_candidates_are_the_spaces_initial_genomes(self, tmp_path):
+        """A warm start: each ``engine.initial`` entry is asked first, with the genes it leaves out
+        drawn and those it makes inactive masked; array genes take one value or a nested list; a
+        resumed engine asks what an uninterrupted one would."""
+        initial = [{"x": OPTIMUM_X, "method": "tsv", "rank": 16, "lam": 0.5, "cells": [[1, 2], [3, 4]]},
+                   {"method": "average", "rank": 8, "pick": ["b", "a"]}]
+        space = toy_space(self.name, array=True, population=4, objectives=two_objectives() if self.multi else None)
+        space["engine"]["initial"] = initial
+        engine = ENGINES.get(self.name)(parse_space(space), state_dir=tmp_path)
+        first, second = engine.ask(), engine.ask()
+        for c in (first, second):
+            check_genome(engine.space, c.genome)
+        recipe = decode(engine.space, first.genome)
+        assert recipe["x"] == pytest.approx([OPTIMUM_X] * 3) and recipe["cells"] == [[1, 2], [3, 4]]
+        assert recipe["merge"] == {"method": "tsv", "rank": 16, "lam": pytest.approx(0.5)}
+        assert second.genome["method"] == "average" and second.genome["rank"] is None
+        assert decode(engine.space, second.genome)["pick"] == ["b", "a"]
+        engine.tell(first.id, objectives(engine, first))
+        engine.checkpoint()
+        again = ENGINES.get(self.name)(engine.space, state_dir=tmp_path)
+        assert [c.genome for c in again.pending()] == [second.genome]
+
     def test_failed_candidates_never_crash(self):
         engine = make(self.name, multi=self.multi)
         drive(engine, 12, fail=lambda i: True)  # a whole generation of failures

@@ -120,6 +120,9 @@ class FloatGene(_NumericGene):
     low: float
     high: float
 
+    def allows(self, value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
+
 
 Gene = Annotated[Union[CategoricalGene, IntGene, FloatGene], Field(discriminator="type")]
 GENE_TYPES = ("categorical", "int", "float")
@@ -245,9 +248,15 @@ class Objective(Strict):
 
 
 class EngineSpec(Strict):
+    """``initial``: genomes the search starts from (a warm start, as Optuna's ``enqueue_trial``): the
+    first candidates asked (DEAP: the first individuals of the first generation), each a mapping of gene
+    names to values; an array gene takes one value for every element or a nested list of its shape;
+    the genes an entry leaves out are drawn as usual, values of genes it makes inactive are ignored."""
+
     name: str = "optuna_tpe"
     population: Annotated[int, Field(ge=2)] = 16
     settings: dict[str, Any] = {}
+    initial: list[dict[str, Any]] = []
 
 
 class Budget(Strict):
@@ -273,6 +282,7 @@ class SearchSpace(Strict):
     _source: str = PrivateAttr(default="<space>")
     _sources: dict[str, Source] = PrivateAttr(default_factory=dict)
     _scalar_genes: list[CategoricalGene | IntGene | FloatGene] = PrivateAttr(default_factory=list)
+    _initial: list[dict[str, Any]] = PrivateAttr(default_factory=list)
 
     @property
     def source(self) -> str:
@@ -283,6 +293,11 @@ class SearchSpace(Strict):
     def scalar_genes(self) -> list[CategoricalGene | IntGene | FloatGene]:
         """The genes engines search, in order: each scalar gene, and each element of an array gene."""
         return self._scalar_genes
+
+    @property
+    def initial_genomes(self) -> list[dict[str, Any]]:
+        """``engine.initial`` by scalar gene name (array genes element by element), partial genomes."""
+        return self._initial
 
     @property
     def model_names(self) -> list[str]:
@@ -467,6 +482,43 @@ class SearchSpace(Strict):
                                      "takes (an array gene's elements are named NAME[i,j,...])", g.name)
                 scalar[e.name] = e
         self._scalar_genes = list(scalar.values())
+        self._initial = [self._initial_genome(f"engine.initial[{i}]", entry, scalar)
+                         for i, entry in enumerate(self.engine.initial)]
+
+    def _initial_genome(self, path: str, entry: dict[str, Any], scalar: dict[str, Any]) -> dict[str, Any]:
+        """One ``engine.initial`` entry as scalar gene values, each checked against its gene."""
+        genes = {g.name: g for g in self.genes}
+        out: dict[str, Any] = {}
+        for name, value in entry.items():
+            gene = genes.get(name)
+            if gene is not None and gene.shape is not None:
+                elements = gene.elements()
+                if isinstance(value, list):
+                    flat = _flatten(value, gene.shape)
+                    if flat is None:
+                        raise FieldIssue(f"{path}.{name}", f"one value, or a nested list of shape {gene.shape}", value)
+                else:
+                    flat = [value] * len(elements)
+                pairs = list(zip(elements, flat))
+            elif name in scalar:
+                pairs = [(scalar[name], value)]
+            else:
+                raise FieldIssue(f"{path}.{name}", f"a gene name (one of: {', '.join(genes)})", name)
+            for element, v in pairs:
+                if not element.allows(v):
+                    raise FieldIssue(f"{path}.{name}", f"a value gene '{element.name}' can take", v)
+                out[element.name] = v
+        return out
+
+
+def _flatten(value: Any, shape: list[int]) -> list[Any] | None:
+    """A nested list of ``shape`` flattened in row-major order, or None when its shape differs."""
+    if not shape:
+        return None if isinstance(value, list) else [value]
+    if not isinstance(value, list) or len(value) != shape[0]:
+        return None
+    parts = [_flatten(v, shape[1:]) for v in value]
+    return None if any(p is None for p in parts) else [x for p in parts for x in p]
 
 
 def _unique(field: str, names: list[str], sub: str | list[str] = "") -> None:

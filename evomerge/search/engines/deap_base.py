@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from deap import algorithms, base, tools
-from pydantic import Field
+from pydantic import BaseModel, Field
 
-from evomerge.errors import read_json
+from evomerge.errors import ConfigError, read_json
 from evomerge.search.engines.base import Candidate, Engine, candidate_id, worst_values
 from evomerge.search.pareto import fitness_class
 from evomerge.search.run_folder import write_json_atomic
@@ -60,6 +60,15 @@ class GeneCodec:
             for g in self.space.scalar_genes
         ]
 
+    def encode(self, genome: dict[str, Any]) -> list[float | int]:
+        """An individual holding ``genome``'s values (the inverse of :meth:`genome`); genes it leaves
+        out drawn at random."""
+        values = self.random()
+        for i, g in enumerate(self.space.scalar_genes):
+            if g.name in genome:
+                values[i] = _position(g, genome[g.name])
+        return values
+
     def genome(self, values: list[float | int]) -> dict[str, Any]:
         return mask_inactive(self.space, {g.name: _value(g, x) for g, x in zip(self.space.scalar_genes, values)})
 
@@ -93,13 +102,30 @@ class GeneCodec:
             ind[i] = v
 
 
+def _range(gene: Any) -> tuple[float, float]:
+    """The values positions 0 and 1 map to; int genes widened by half a step so every grid value is
+    equally wide."""
+    lo, hi = float(gene.low), float(gene.high)
+    if isinstance(gene, IntGene):
+        lo, hi = lo - gene.step / 2, hi + gene.step / 2
+    return lo, hi
+
+
+def _position(gene: Any, value: Any) -> float | int:
+    """The position of ``value`` (the inverse of :func:`_value`)."""
+    if isinstance(gene, CategoricalGene):
+        return next(i for i, c in enumerate(gene.choices) if c == value and type(c) is type(value))
+    lo, hi = _range(gene)
+    if gene.log:
+        return (math.log(value) - math.log(lo)) / (math.log(hi) - math.log(lo))
+    return (value - lo) / (hi - lo)
+
+
 def _value(gene: Any, x: float | int) -> Any:
     """A gene's value at position ``x``; int genes round onto their step grid."""
     if isinstance(gene, CategoricalGene):
         return gene.choices[int(x)]
-    lo, hi = float(gene.low), float(gene.high)
-    if isinstance(gene, IntGene):  # widen by half a step so every grid value is equally wide
-        lo, hi = lo - gene.step / 2, hi + gene.step / 2
+    lo, hi = _range(gene)
     if gene.log:
         v = math.exp(math.log(lo) + x * (math.log(hi) - math.log(lo)))
     else:
@@ -110,9 +136,18 @@ def _value(gene: Any, x: float | int) -> Any:
 
 
 class DeapEngine(Engine):
-    """Generational DEAP engine: each generation's new individuals are asked as one batch."""
+    """Generational DEAP engine: each generation's new individuals are asked as one batch; the first
+    generation holds the space's ``engine.initial`` genomes, then random individuals."""
 
     Settings = DeapSettings
+
+    @classmethod
+    def check(cls, space: SearchSpace) -> BaseModel:
+        if len(space.engine.initial) > space.engine.population:
+            raise ConfigError(space.source, "engine.initial",
+                              f"at most engine.population ({space.engine.population}) genomes for a DEAP engine",
+                              f"{len(space.engine.initial)} genomes")
+        return super().check(space)
 
     def __init__(self, space: SearchSpace, state_dir: Path | None = None):
         super().__init__(space, state_dir)
@@ -148,8 +183,10 @@ class DeapEngine(Engine):
     def ask(self) -> Candidate | None:
         with self._deap_random():
             while not self._queue and not self._asked:
+                initial = [] if self.population else self.space.initial_genomes  # the first generation starts there
                 self.population = self.breed() if self.population else [
-                    self.individual(self.codec.random()) for _ in range(self.space.engine.population)
+                    self.individual(self.codec.encode(initial[k]) if k < len(initial) else self.codec.random())
+                    for k in range(self.space.engine.population)
                 ]
                 self.generation += 1
                 self._queue = [ind for ind in self.population if not ind.fitness.valid]

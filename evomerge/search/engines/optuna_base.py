@@ -9,6 +9,7 @@ appended as one JSON line to ``<run>/optuna_trials.jsonl``; a reopened engine
 rebuilds the study from those lines, a trial asked and not told becoming RUNNING
 again. Nothing is pickled, and nothing read from the run folder is unpickled.
 
+The space's ``engine.initial`` genomes are the first trials (``enqueue_trial``).
 Before each ask the study gets a fresh sampler seeded from (seed, trial number),
 so what is asked depends only on the seed and the trials so far: a resumed run
 asks exactly what an uninterrupted one would.
@@ -108,6 +109,8 @@ class OptunaEngine(Engine):
     def ask(self) -> Candidate:
         number = len(self.study.get_trials(deepcopy=False))
         self.study.sampler = self._sampler(number)
+        if number < len(self.space.initial_genomes):  # a warm start: the sampler draws only what it leaves out
+            self.study.enqueue_trial(self.space.initial_genomes[number])
         trial = self.study.ask()
         genome: dict[str, Any] = {}
         for gene in self.space.scalar_genes:
