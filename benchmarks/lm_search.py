@@ -61,7 +61,7 @@ from search import Scorer, fmt, mean, search_row  # noqa: E402  (benchmarks/sear
 
 from evomerge.commands.search import known_models  # noqa: E402
 from evomerge.search.run_folder import RunFolder  # noqa: E402
-from evomerge.search.space import SearchSpace, decode, load_space, parse_space, with_overrides  # noqa: E402
+from evomerge.search.space import SearchSpace, decode, parse_space, with_overrides  # noqa: E402
 from evomerge.zoo.lm.catalog import LMZoo  # noqa: E402
 from evomerge.zoo.lm.family import model_id  # noqa: E402
 
@@ -221,8 +221,6 @@ def cross_arch_rows(space: SearchSpace, scorer: Scorer) -> tuple[LMRows, list[Ro
 def family_space(path: Path, family_seed: int, cold: bool) -> SearchSpace:
     """The space at ``path``, over the LM family of ``family_seed`` (named ``<name>_family<seed>`` when not
     0); ``cold``: without the space's starting points (``engine.initial``; named ``<name>_cold``)."""
-    if family_seed == 0 and not cold:
-        return load_space(path, known_models())
     data = yaml.safe_load(path.read_text())
     if family_seed:
         data["zoo"] = {**(data.get("zoo") or {}), "seed": family_seed}

@@ -35,7 +35,7 @@ torch.set_num_threads(1)
 
 from evomerge.core.align import ConditionPair, make_aligner  # noqa: E402
 from evomerge.items import load_items, make_scorer  # noqa: E402
-from evomerge.items.scorers.lm import CausalLM  # noqa: E402
+from evomerge.items.scorers.lm import left_pad, pad_id  # noqa: E402
 from evomerge.recipe.stitch_view import FitTexts, LMPath, PerToken, StitchedLM  # noqa: E402
 from evomerge.sources.adapters import HFAdapter  # noqa: E402
 from evomerge.zoo.lm.catalog import LMZoo  # noqa: E402
@@ -90,7 +90,7 @@ def cache_speedup(llama: HFAdapter, gpt2: HFAdapter, fit: FitTexts, items: dict[
     model = StitchedLM(llama, 1.0, [LMPath(gpt2, "model.layers.1", a, "transformer.h.0", 1.0)], routing="learned")
     model.gate = fit_router(model, fit, list(fit.pairs), 20, 50, 0)
     prompts = [i.fields["prompt"] for its in items.values() for i in its]
-    ids, mask = CausalLM(None, fit.tokenizer, torch.device("cpu")).left_padded([fit.tokenizer.encode(p) for p in prompts])
+    ids, mask = left_pad([fit.tokenizer.encode(p) for p in prompts], pad_id(fit.tokenizer))
     width = ids.shape[1]
     out, secs = {}, {}
     for cached in (True, False):

@@ -49,7 +49,7 @@ from evomerge.evaluate import accuracy  # noqa: E402
 from evomerge.fitness.zoo_evaluator import RecipeEvaluator  # noqa: E402
 from evomerge.search.pareto import best_index  # noqa: E402
 from evomerge.search.run_folder import RunFolder, evaluated  # noqa: E402
-from evomerge.search.runner import run_search  # noqa: E402
+from evomerge.search.runner import recipe_key, run_search  # noqa: E402
 from evomerge.search.space import SearchSpace, decode, load_space, with_overrides  # noqa: E402
 from evomerge.zoo.catalog import Zoo  # noqa: E402
 
@@ -83,7 +83,7 @@ class Scorer:
         self._test: dict[str, dict] = {}
 
     def test(self, recipe: dict) -> dict:
-        key = json.dumps(recipe, sort_keys=True)
+        key = recipe_key(recipe)
         if key not in self._test:
             self._test[key] = self._final_eval(recipe)
         return self._test[key]

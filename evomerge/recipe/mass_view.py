@@ -119,9 +119,9 @@ class RoutedCache:
         self.caches: dict[Combo, Any] = {}
 
     def reorder_cache(self, index: Tensor) -> None:
-        rows = index.tolist()
+        rows, members = index.tolist(), groups(self.routes)
         for combo, cache in self.caches.items():
-            position = {r: k for k, r in enumerate(groups(self.routes)[combo])}
+            position = {r: k for k, r in enumerate(members[combo])}
             cache.reorder_cache(torch.tensor([position[r] for r in rows if self.routes[r] == combo],
                                              dtype=torch.long, device=index.device))
         self.routes = [self.routes[r] for r in rows]

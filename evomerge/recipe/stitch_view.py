@@ -36,7 +36,7 @@ from transformers.modeling_outputs import CausalLMOutput
 from evomerge.core.align import ConditionPair
 from evomerge.core.align.base import Aligner
 from evomerge.core.gate import fit_gate, route
-from evomerge.items.scorers.lm import CausalLM
+from evomerge.items.scorers.lm import left_pad, pad_id
 from evomerge.sources.adapters import HFAdapter
 
 if TYPE_CHECKING:
@@ -221,13 +221,12 @@ class FitTexts:
         row which positions predict an answer token (``(B, T)`` boolean); made once per (task, count)."""
         key = (task, n)
         if key not in self._batches:
-            lm = CausalLM(None, self.tokenizer, torch.device("cpu"))
             pairs = list(self.pairs[task][:n])
             self._batches[key] = []
             for start in range(0, len(pairs), self.batch_size):
                 chunk = pairs[start : start + self.batch_size]
                 encoded = [(self.tokenizer.encode(p), self.tokenizer.encode(a, add_special_tokens=False)) for p, a in chunk]
-                ids, mask = lm.left_padded([p + a for p, a in encoded])
+                ids, mask = left_pad([p + a for p, a in encoded], pad_id(self.tokenizer))
                 answer = torch.zeros_like(ids, dtype=torch.bool)
                 for r, (_, a) in enumerate(encoded):
                     answer[r, ids.shape[1] - len(a) - 1 : -1] = True  # the positions whose next token is the answer's

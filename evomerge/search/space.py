@@ -76,9 +76,13 @@ class CategoricalGene(_GeneBase):
     type: Literal["categorical"]
     choices: Annotated[list[Scalar], Field(min_length=1)]
 
+    def index(self, value: Any) -> int | None:
+        """The position of ``value`` among the choices (equal and of the same type: ``1`` is not ``True``), or None."""
+        return next((i for i, c in enumerate(self.choices) if value == c and type(value) is type(c)), None)
+
     def allows(self, value: Any) -> bool:
         """Whether ``value`` is one of the choices (for ``when`` conditions)."""
-        return any(value == c and type(value) is type(c) for c in self.choices)
+        return self.index(value) is not None
 
 
 class _NumericGene(_GeneBase):

@@ -15,6 +15,25 @@ _TOKENIZER_INFINITY = 1000000000000000019884624838656
 _DEFAULT_MAX_LENGTH = 2048
 
 
+def pad_id(tokenizer: Any) -> int:
+    """Pad, else unk, else eos (``lm_eval.models.utils.configure_pad_token``)."""
+    for value in (tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.eos_token_id):
+        if value is not None:
+            return value
+    return 0
+
+
+def left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id rows left-padded with ``pad``, and their attention mask."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r) :] = 1
+    return ids, mask
+
+
 class CausalLM:
     """A resident causal LM and its tokenizer, with lm-eval's tokenization rules."""
 
@@ -33,12 +52,8 @@ class CausalLM:
 
     @cached_property
     def pad_token_id(self) -> int:
-        """Pad, else unk, else eos (``lm_eval.models.utils.configure_pad_token``)."""
-        tok = self.tokenizer
-        for value in (tok.pad_token_id, tok.unk_token_id, tok.eos_token_id):
-            if value is not None:
-                return value
-        return 0
+        """:func:`pad_id` of the tokenizer."""
+        return pad_id(self.tokenizer)
 
     @cached_property
     def max_length(self) -> int:
@@ -98,14 +113,8 @@ class CausalLM:
         return self._cache_arg is not None and {"use_cache", "position_ids"} <= self._forward_args and hasattr(self.model, "config")
 
     def left_padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token id rows left-padded with :attr:`pad_token_id`, and their attention mask."""
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-            mask[i, width - len(r) :] = 1
-        return ids, mask
+        """:func:`left_pad` with :attr:`pad_token_id`."""
+        return left_pad(rows, self.pad_token_id)
 
     def context_then_continuations(
         self, contexts: list[list[int]], rows: list[int], conts: list[list[int]]

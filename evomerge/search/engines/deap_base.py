@@ -114,7 +114,7 @@ def _range(gene: Any) -> tuple[float, float]:
 def _position(gene: Any, value: Any) -> float | int:
     """The position of ``value`` (the inverse of :func:`_value`)."""
     if isinstance(gene, CategoricalGene):
-        return next(i for i, c in enumerate(gene.choices) if c == value and type(c) is type(value))
+        return gene.index(value)
     lo, hi = _range(gene)
     if gene.log:
         return (math.log(value) - math.log(lo)) / (math.log(hi) - math.log(lo))
